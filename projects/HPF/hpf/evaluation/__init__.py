@@ -1,0 +1,3 @@
+from .coco import COCOEvaluator
+
+__all__ = ["COCOEvaluator"]

@@ -1,0 +1,17 @@
+# Training options read by train_net.py (the shape of detectron2's configs/common/train.py).
+train = dict(
+    output_dir="./output",
+    init_checkpoint="",
+    max_iter=90000,
+    amp=dict(enabled=False),  # mixed precision (detectron2's AMPTrainer; needs CUDA)
+    ddp=dict(  # options for DistributedDataParallel
+        broadcast_buffers=False,
+        find_unused_parameters=False,
+        fp16_compression=False,
+    ),
+    checkpointer=dict(period=5000, max_to_keep=100),  # PeriodicCheckpointer
+    eval_period=5000,
+    log_period=20,
+    device="cuda",
+    seed=-1,  # < 0: a random seed (logged); >= 0: seed + rank on each process
+)

@@ -1,0 +1,39 @@
+"""LazyConfig helpers: overrides that refuse unknown keys."""
+import difflib
+
+from detectron2.config import LazyConfig
+from omegaconf import OmegaConf
+
+_MISSING = object()
+
+
+def _all_keys(cfg, prefix=""):
+    for k, v in cfg.items() if OmegaConf.is_dict(cfg) else []:
+        key = f"{prefix}{k}"
+        yield key
+        if OmegaConf.is_dict(v):
+            yield from _all_keys(v, key + ".")
+
+
+def apply_overrides(cfg, overrides):
+    """
+    Like ``LazyConfig.apply_overrides``, but an override of a key that the config does not
+    have raises ``KeyError`` naming it (and the closest existing keys) instead of silently
+    adding it: a typo such as ``train.max_itr=10`` must not train 90k iterations.
+    Prefix a key with ``+`` (``+model.new_arg=1``) to add it on purpose.
+    """
+    overrides = list(overrides or [])
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"Override '{item}' is not of the form key=value.")
+        key = item.split("=", 1)[0].strip()
+        if key.startswith("+"):
+            continue
+        if OmegaConf.select(cfg, key, default=_MISSING) is _MISSING:
+            close = difflib.get_close_matches(key, list(_all_keys(cfg)), n=3, cutoff=0.6)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise KeyError(
+                f"Unknown config key '{key}' in override '{item}'.{hint} "
+                f"Use '+{item}' to add a new key."
+            )
+    return LazyConfig.apply_overrides(cfg, overrides)

@@ -1,0 +1,118 @@
+"""train_net.py end to end on the tiny shapes variant (CPU): train, checkpoint, evaluate,
+resume, re-evaluate from the checkpoint, multi-process and multi-machine launch."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import DEMO_CONFIG, REPO, TINY_TRAIN, free_port, run_train_net
+
+
+def read_metrics(out):
+    with open(os.path.join(out, "metrics.json")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def trained(datasets_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("train")
+    proc = run_train_net(
+        ["--config-file", DEMO_CONFIG, *TINY_TRAIN, f"train.output_dir={out}",
+         "train.max_iter=6", "train.checkpointer.period=3"],
+        datasets_root,
+    )
+    return out, proc
+
+
+def test_training_writes_the_output_directory(trained):
+    out, proc = trained
+    for name in ["config.yaml", "log.txt", "metrics.json", "env.txt", "last_checkpoint",
+                 "model_0000002.pth", "model_0000005.pth", "model_final.pth"]:
+        assert os.path.isfile(os.path.join(out, name)), name
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(out))
+    with open(os.path.join(out, "last_checkpoint")) as f:
+        assert f.read().strip() == "model_final.pth"
+    with open(os.path.join(out, "env.txt")) as f:
+        env = f.read()
+    assert "sal-detectron2==0.7.2" in env and "torch==2.13.0" in env
+    log = open(os.path.join(out, "log.txt")).read()
+    assert re.search(r"eta: \d+:\d\d:\d\d", log), "progress lines with an ETA"
+    iters = [m["iteration"] for m in read_metrics(out) if "total_loss" in m]
+    assert iters == list(range(6))
+
+
+def test_training_ends_with_coco_evaluation(trained):
+    out, proc = trained
+    assert "copypaste: AP,AP50,AP75,APs,APm,APl" in proc.stdout + proc.stderr
+    with open(os.path.join(out, "eval_shapes_tiny_val.json")) as f:
+        bbox = json.load(f)["bbox"]
+    assert set(bbox) >= {"AP", "AP50", "AP75"}
+    assert any("bbox/AP" in m for m in read_metrics(out)), "AP logged into metrics.json"
+
+
+def test_eval_only_reproduces_the_training_ap(trained, datasets_root, tmp_path):
+    out, _ = trained
+    run_train_net(
+        ["--config-file", DEMO_CONFIG, "--eval-only", *TINY_TRAIN, f"train.output_dir={tmp_path}",
+         f"train.init_checkpoint={out}/model_final.pth"],
+        datasets_root,
+    )
+    with open(os.path.join(out, "eval_shapes_tiny_val.json")) as f:
+        at_training_end = json.load(f)
+    with open(os.path.join(tmp_path, "eval_shapes_tiny_val.json")) as f:
+        from_checkpoint = json.load(f)
+    assert from_checkpoint == at_training_end
+
+
+def test_resume_continues_from_the_last_checkpoint(trained, datasets_root, tmp_path):
+    out, _ = trained
+    # Continue the finished 6-iteration run in a copy of its directory up to 8 iterations.
+    import shutil
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed)
+    proc = run_train_net(
+        ["--config-file", DEMO_CONFIG, "--resume", *TINY_TRAIN, f"train.output_dir={resumed}",
+         "train.max_iter=8", "train.checkpointer.period=3"],
+        datasets_root,
+    )
+    assert "Starting training from iteration 6" in proc.stdout + proc.stderr
+    iters = [m["iteration"] for m in read_metrics(resumed) if "total_loss" in m]
+    assert iters[-2:] == [6, 7] and iters.count(5) == 1
+
+
+def test_two_processes_on_cpu(datasets_root, tmp_path):
+    proc = run_train_net(
+        ["--config-file", DEMO_CONFIG, "--num-gpus", "2",
+         "--dist-url", f"tcp://127.0.0.1:{free_port()}", *TINY_TRAIN,
+         f"train.output_dir={tmp_path}", "train.max_iter=3"],
+        datasets_root,
+    )
+    log = proc.stdout + proc.stderr
+    assert "World size: 2" in log
+    assert os.path.isfile(os.path.join(tmp_path, "model_final.pth"))
+
+
+def test_two_machines_on_loopback(datasets_root, tmp_path):
+    url = f"tcp://127.0.0.1:{free_port()}"
+    env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root), OMP_NUM_THREADS="1")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", DEMO_CONFIG,
+             "--num-machines", "2", "--machine-rank", str(rank), "--num-gpus", "1",
+             "--dist-url", url, *TINY_TRAIN, f"train.output_dir={tmp_path}/m{rank}",
+             "train.max_iter=3"],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for rank in (0, 1)
+    ]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0, log[-4000:]
+    assert "Rank of current process: 0. World size: 2" in logs[0]
+    with open(os.path.join(tmp_path, "m1", "log.txt.rank1")) as f:
+        assert "Rank of current process: 1. World size: 2" in f.read()
+    assert os.path.isfile(os.path.join(tmp_path, "m0", "model_final.pth"))
