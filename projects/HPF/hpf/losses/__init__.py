@@ -1,0 +1,39 @@
+"""Losses of HPF, QFL/VFL (+ progressive forms), GHM and Sampling-Free; pure torch."""
+
+from .focal import sigmoid_focal_loss
+from .ghm import GHMC, GHMR
+from .progressive_focal import ProgressiveFocalLoss, progressive_focus_params
+from .quality_focal import (
+    ProgressiveQualityFocalLoss,
+    ProgressiveVarifocalLoss,
+    quality_focal_loss,
+    varifocal_loss,
+)
+from .sampling_free import (
+    GuidedLossScale,
+    adaptive_threshold,
+    guided_loss_scale,
+    optimal_prior,
+    prior_bias,
+    sampling_free_ce_loss,
+)
+from .utils import reduce_loss
+
+__all__ = [
+    "sigmoid_focal_loss",
+    "progressive_focus_params",
+    "ProgressiveFocalLoss",
+    "quality_focal_loss",
+    "varifocal_loss",
+    "ProgressiveQualityFocalLoss",
+    "ProgressiveVarifocalLoss",
+    "GHMC",
+    "GHMR",
+    "guided_loss_scale",
+    "GuidedLossScale",
+    "optimal_prior",
+    "prior_bias",
+    "adaptive_threshold",
+    "sampling_free_ce_loss",
+    "reduce_loss",
+]

@@ -1,0 +1,180 @@
+#!/usr/bin/env python
+"""Forward+backward speed of the hpf.losses losses vs sigmoid_focal_loss, measured in one run.
+
+Inputs have the size of an ATSS R-50 step at 800x1333 (padded 800x1344): per image
+16800/4200/1050/273/77 anchors on P3-P7 (22,400), 80 classes, batch 2, ~150 positives per
+image. Prints milliseconds (median over --reps) and the ratio to sigmoid_focal_loss.
+
+    python tools/benchmark_losses.py --threads 2 --reps 10
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from hpf.losses import (
+    GHMC,
+    GHMR,
+    ProgressiveFocalLoss,
+    ProgressiveQualityFocalLoss,
+    ProgressiveVarifocalLoss,
+    quality_focal_loss,
+    sampling_free_ce_loss,
+    sigmoid_focal_loss,
+    varifocal_loss,
+)
+
+ANCHORS_PER_LEVEL = (16800, 4200, 1050, 273, 77)  # 1 anchor per location, strides 8..128
+
+
+def make_inputs(batch, classes, positives_per_image, device, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    total = sum(ANCHORS_PER_LEVEL)
+    # Logits around the trained regime: most scores low, positives higher.
+    logits = torch.randn(batch, total, classes, generator=gen) * 1.5 - 4.0
+    targets = torch.zeros(batch, total, classes)
+    quality = torch.zeros(batch, total, classes)
+    for b in range(batch):
+        anchors = torch.randperm(total, generator=gen)[:positives_per_image]
+        labels = torch.randint(classes, (positives_per_image,), generator=gen)
+        # Positives with -log sigmoid(x) around 2, so that gamma_ad falls inside
+        # [gamma - delta, gamma + delta] (a clamped 1.5 or 2.5 would hit fast pow paths).
+        logits[b, anchors, labels] = -1.8 + 0.5 * torch.randn(positives_per_image, generator=gen)
+        targets[b, anchors, labels] = 1.0
+        quality[b, anchors, labels] = 0.3 + 0.65 * torch.rand(positives_per_image, generator=gen)
+    bounds = torch.tensor((0,) + ANCHORS_PER_LEVEL).cumsum(0).tolist()
+
+    def per_level(t, grad=False):
+        out = []
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            out.append(t[:, lo:hi].contiguous().to(device).requires_grad_(grad))
+        return out
+
+    num_pos = float(batch * positives_per_image)
+    deltas = torch.randn(int(num_pos), 4, generator=gen) * 0.2
+    return {
+        "flat_logits": logits.reshape(-1, classes).to(device).requires_grad_(True),
+        "flat_targets": targets.reshape(-1, classes).to(device),
+        "flat_quality": quality.reshape(-1, classes).to(device),
+        "logits": per_level(logits, grad=True),
+        "targets": per_level(targets),
+        "quality": per_level(quality),
+        "num_pos": num_pos,
+        "box_pred": deltas.to(device).requires_grad_(True),
+        "box_target": torch.zeros(int(num_pos), 4).to(device),
+    }
+
+
+def cases(inp):
+    """name -> (closure returning the loss, leaf tensors to differentiate)."""
+    n = inp["num_pos"]
+    flat_x, flat_t, flat_q = inp["flat_logits"], inp["flat_targets"], inp["flat_quality"]
+    xs, ts, qs = inp["logits"], inp["targets"], inp["quality"]
+    pfl = {s: ProgressiveFocalLoss(sampling=s) for s in ("level", "all", "image")}
+    pfq, pfv = ProgressiveQualityFocalLoss(), ProgressiveVarifocalLoss()
+    ghmc, ghmc_levels = GHMC(), GHMC()
+    ghmr = GHMR()
+    dev = flat_x.device
+    ghmc.to(dev), ghmc_levels.to(dev), ghmr.to(dev)
+    return {
+        "sigmoid_focal_loss": (
+            lambda: sigmoid_focal_loss(flat_x, flat_t, reduction="sum") / n,
+            [flat_x],
+        ),
+        "ProgressiveFocalLoss(level)": (lambda: pfl["level"](xs, ts, n), xs),
+        "ProgressiveFocalLoss(all)": (lambda: pfl["all"](xs, ts, n), xs),
+        "ProgressiveFocalLoss(image)": (lambda: pfl["image"](xs, ts, n), xs),
+        "quality_focal_loss": (
+            lambda: quality_focal_loss(flat_x, flat_q, reduction="sum") / n,
+            [flat_x],
+        ),
+        "varifocal_loss": (lambda: varifocal_loss(flat_x, flat_q, reduction="sum") / n, [flat_x]),
+        "ProgressiveQualityFocalLoss": (lambda: pfq(xs, qs, n), xs),
+        "ProgressiveVarifocalLoss": (lambda: pfv(xs, qs, n), xs),
+        "GHMC (one call)": (lambda: ghmc(flat_x, flat_t), [flat_x]),
+        "GHMC (per level, as official)": (
+            lambda: sum(ghmc_levels(x.flatten(0, 1), t.flatten(0, 1)) for x, t in zip(xs, ts)),
+            xs,
+        ),
+        "sampling_free_ce_loss": (lambda: sampling_free_ce_loss(flat_x, flat_t, n), [flat_x]),
+        "GHMR (positives x 4 only)": (
+            lambda: ghmr(inp["box_pred"], inp["box_target"]),
+            [inp["box_pred"]],
+        ),
+    }
+
+
+def time_cases(all_cases, reps, warmup, device):
+    """Median ms per case. Cases run round-robin within each repetition, so that load from
+    other processes affects all of them alike and the ratios stay meaningful."""
+
+    def step(fn, leaves):
+        torch.autograd.grad(fn(), leaves)
+
+    for _ in range(warmup):
+        for fn, leaves in all_cases.values():
+            step(fn, leaves)
+    times = {name: [] for name in all_cases}
+    for _ in range(reps):
+        for name, (fn, leaves) in all_cases.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            step(fn, leaves)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
+
+
+def run(device, args):
+    inp = make_inputs(args.batch, args.classes, args.positives, device)
+    results = time_cases(cases(inp), args.reps, args.warmup, device)
+    base = results["sigmoid_focal_loss"]
+    threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
+    title = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(
+        f"\n### {title}{threads}: batch {args.batch}, {sum(ANCHORS_PER_LEVEL)} anchors/image, "
+        f"{args.classes} classes, median of {args.reps}\n"
+    )
+    print("| loss (forward+backward) | ms | x focal |")
+    print("|---|---:|---:|")
+    for name, ms in results.items():
+        print(f"| {name} | {ms:.1f} | {ms / base:.2f} |")
+    level_fn = ProgressiveFocalLoss()
+    level_fn(inp["logits"], inp["targets"], inp["num_pos"])
+    print(
+        "\ngamma_ad per level in these inputs:", [round(g, 3) for g in level_fn.last_gamma.tolist()]
+    )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="auto: CPU, plus CUDA when available",
+    )
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--classes", type=int, default=80)
+    parser.add_argument("--positives", type=int, default=150, help="positives per image")
+    args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    devices = []
+    if args.device in ("auto", "cpu"):
+        devices.append(torch.device("cpu"))
+    if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()):
+        devices.append(torch.device("cuda"))
+    for device in devices:
+        run(device, args)
+
+
+if __name__ == "__main__":
+    main()
