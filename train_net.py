@@ -19,6 +19,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import default_argument_parser, default_setup, default_writers, hooks, launch
 from detectron2.engine.defaults import create_ddp_model
+from torch.nn.parallel import DistributedDataParallel
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -27,6 +28,7 @@ import hpf.data  # noqa: F401  registers the project's datasets
 from hpf.collect_env import collect_env_info_hpf
 from hpf.engine.config import apply_overrides
 from hpf.engine.trainers import FiniteLossAMPTrainer, FiniteLossTrainer
+from hpf.modeling.priors import initialize_auto_priors
 
 logger = logging.getLogger("detectron2")
 
@@ -52,6 +54,10 @@ def build_model(cfg):
     model = instantiate(cfg.model)
     model.to(cfg.train.device)
     return model
+
+
+def unwrap_model(model):
+    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def wrap_ddp(cfg, model):
@@ -99,6 +105,12 @@ def do_train(args, cfg):
         start_iter = trainer.iter + 1
     else:
         start_iter = 0
+        # Sampling-Free's "auto" prior / threshold: statistics of the training data, before
+        # the first iteration (a resumed run has them in its checkpoint).
+        initialize_auto_priors(
+            unwrap_model(model), train_loader, cfg.train.get("foreground_stats_images", 1000),
+            cfg.train.output_dir,
+        )
     # EvalHook evaluates every eval_period iterations (never if <= 0) and once at the end.
     trainer.train(start_iter, cfg.train.max_iter)
 

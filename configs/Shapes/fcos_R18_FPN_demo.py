@@ -3,17 +3,21 @@
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 
+from hpf.modeling import basic_resnet_stages
+
 from ..common.data.shapes import dataloader
 from ..common.models.fcos import model
 from ..common.optim import AdamW as optimizer
 from ..common.schedules import multistep
 from ..common.train import train
 
-# ResNet-18 (BasicBlock) with BatchNorm: no pretrained weights exist here, so nothing is frozen.
+# ResNet-18 at half width (BasicBlocks, BatchNorm), from scratch (no pretrained weights exist
+# here, so nothing is frozen): about 3x cheaper than ResNet-18 on 2 CPU cores.
 model.backbone.bottom_up.stem.norm = "BN"
-model.backbone.bottom_up.stages.depth = 18
-model.backbone.bottom_up.stages.norm = "BN"
-del model.backbone.bottom_up.stages.stride_in_1x1  # bottleneck-only option
+model.backbone.bottom_up.stem.out_channels = 32
+model.backbone.bottom_up.stages = L(basic_resnet_stages)(
+    widths=(32, 64, 128, 256), num_blocks=(2, 2, 2, 2), in_channels=32, norm="BN"
+)
 model.backbone.bottom_up.freeze_at = 0
 model.backbone.out_channels = 64
 model.backbone.top_block.in_channels = 64

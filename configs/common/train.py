@@ -13,5 +13,7 @@ train = dict(
     eval_period=5000,
     log_period=20,
     device="cuda",
-    seed=-1,  # < 0: a random seed (logged); >= 0: seed + rank on each process
+    seed=-1,
+    # images per process read before training for Sampling-Free's "auto" prior / threshold
+    foreground_stats_images=1000,  # < 0: a random seed (logged); >= 0: seed + rank on each process
 )

@@ -4,13 +4,15 @@ from hpf.modeling import FCOS
 
 from .retinanet import model
 
-# detectron2's FCOS (hpf.modeling.FCOS adds configurable per-level regression ranges).
+# detectron2's FCOS (hpf.modeling.FCOS: + per-level regression ranges, pluggable losses).
 model._target_ = FCOS
 
 del model.anchor_generator
 del model.box2box_transform
 del model.anchor_matcher
 del model.input_format
+del model.box_loss
+del model.smooth_l1_beta
 
 # P6/P7 from P5 (Sec 2.2 of the FCOS journal version, arXiv:2006.09214).
 model.backbone.top_block.in_feature = "p5"

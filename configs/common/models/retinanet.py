@@ -5,12 +5,15 @@ from detectron2.modeling.backbone import FPN, BasicStem, ResNet
 from detectron2.modeling.backbone.fpn import LastLevelP6P7
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.matcher import Matcher
-from detectron2.modeling.meta_arch import RetinaNet
 from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
+
+from hpf.losses import FocalLoss
+from hpf.modeling import RetinaNet
 
 from ..data.constants import constants
 
-# RetinaNet R-50-FPN as in detectron2's model zoo (MSRA-style R-50, BGR input).
+# RetinaNet R-50-FPN as in detectron2's model zoo (MSRA-style R-50, BGR input), with the
+# classification loss, the box loss and the prior as arguments (hpf.modeling.RetinaNet).
 model = L(RetinaNet)(
     backbone=L(FPN)(
         bottom_up=L(ResNet)(
@@ -42,8 +45,12 @@ model = L(RetinaNet)(
     ),
     num_classes=80,
     head_in_features=["p3", "p4", "p5", "p6", "p7"],
-    focal_loss_alpha=0.25,
-    focal_loss_gamma=2.0,
+    cls_loss=L(FocalLoss)(alpha=0.25, gamma=2.0),
+    box_loss=None,  # None: detectron2's smooth L1 (beta below); or a GHMRLoss
+    smooth_l1_beta=0.0,
+    loss_balance=None,  # Sampling-Free: GuidedLossScale
+    prior_prob=0.01,  # or "auto": optimal bias from the training data (Sampling-Free)
+    test_score_thresh=0.05,  # or "auto": N_f / N (Sampling-Free)
     pixel_mean=constants["imagenet_bgr256_mean"],
     pixel_std=constants["imagenet_bgr256_std"],
     input_format="BGR",

@@ -2,6 +2,14 @@
 
 from .focal import sigmoid_focal_loss
 from .ghm import GHMC, GHMR
+from .pyramid import (
+    FocalLoss,
+    GHMCLoss,
+    GHMRLoss,
+    QualityFocalLoss,
+    SamplingFreeCELoss,
+    VarifocalLoss,
+)
 from .progressive_focal import ProgressiveFocalLoss, progressive_focus_params
 from .quality_focal import (
     ProgressiveQualityFocalLoss,
@@ -20,6 +28,12 @@ from .sampling_free import (
 from .utils import reduce_loss
 
 __all__ = [
+    "FocalLoss",
+    "QualityFocalLoss",
+    "VarifocalLoss",
+    "SamplingFreeCELoss",
+    "GHMCLoss",
+    "GHMRLoss",
     "sigmoid_focal_loss",
     "progressive_focus_params",
     "ProgressiveFocalLoss",

@@ -1,26 +1,37 @@
-"""detectron2's FCOS with the per-level regression ranges as an argument."""
-from typing import List, Optional, Sequence, Tuple
+"""detectron2's FCOS with per-level regression ranges and a pluggable classification loss."""
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 from detectron2.layers import cat
 from detectron2.modeling.meta_arch.fcos import FCOS as _D2FCOS
+from detectron2.modeling.box_regression import _dense_box_regression_loss
 from detectron2.structures import Boxes, pairwise_point_box_distance
+from detectron2.utils.events import get_event_storage
 
+from .dense_detector import PluggableLossMixin, quality_targets
 from .utils import check_finite_predictions
 
 __all__ = ["FCOS"]
 
 
-class FCOS(_D2FCOS):
+class FCOS(PluggableLossMixin, _D2FCOS):
     """
+    detectron2's FCOS with a pluggable classification loss (see ``PluggableLossMixin``).
+
     ``regress_ranges``: one ``(low, high)`` pair per level bounding max(l, t, r, b) of the
     positives of that level. ``None`` keeps detectron2's rule, (4·stride, 8·stride) with the
     first low bound 0 and the last high bound inf = (0, 64), (64, 128), ... (512, inf) on
-    P3-P7. Small images need smaller ranges, else P6-P7 get no positives.
+    P3-P7. Small images need smaller ranges, else P6-P7 get no positives. Quality targets
+    (QFL / VFL): IoU of the decoded prediction with its ground truth.
     """
 
-    def __init__(self, *, regress_ranges: Optional[Sequence[Tuple[float, float]]] = None, **kw):
-        super().__init__(**kw)
+    def __init__(self, *, regress_ranges: Optional[Sequence[Tuple[float, float]]] = None,
+                 cls_loss: Optional[nn.Module] = None, loss_balance: Optional[nn.Module] = None,
+                 prior_prob: Union[float, str] = 0.01, test_score_thresh: Union[float, str] = 0.2,
+                 loss_normalizer: str = "ema", **kwargs):
+        super().__init__(**kwargs)
         if regress_ranges is not None:
             if len(regress_ranges) != len(self.head_in_features):
                 raise ValueError(
@@ -29,6 +40,8 @@ class FCOS(_D2FCOS):
                 )
             regress_ranges = [tuple(float(v) for v in r) for r in regress_ranges]
         self.regress_ranges = regress_ranges
+        self._init_pluggable(cls_loss, loss_balance, prior_prob, test_score_thresh,
+                             loss_normalizer)
 
     @torch.no_grad()
     def _match_anchors(self, gt_boxes: Boxes, anchors: List[Boxes]):
@@ -52,5 +65,28 @@ class FCOS(_D2FCOS):
 
     def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes, pred_ctr):
         check_finite_predictions(pred_anchor_deltas)
-        return super().losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes,
-                              pred_ctr)
+        gt_labels = torch.stack(gt_labels)  # (B, R); FCOS ignores no anchor
+        pos_mask = gt_labels != self.num_classes
+        num_pos = pos_mask.sum().item()
+        get_event_storage().put_scalar("num_pos_anchors", num_pos / len(gt_labels))
+        normalizer = self._normalizer(num_pos, 300)
+
+        quality = None
+        if getattr(self.cls_loss, "uses_quality_targets", False):
+            quality = quality_targets(self.box2box_transform, anchors, pred_anchor_deltas,
+                                       gt_boxes, pos_mask)
+        loss_cls = self._classification_loss(pred_logits, gt_labels, normalizer, None, quality)
+        loss_box_reg = _dense_box_regression_loss(
+            anchors, self.box2box_transform, pred_anchor_deltas, gt_boxes, pos_mask,
+            box_reg_loss_type="giou",
+        ) / normalizer
+        ctr_targets = self.compute_ctrness_targets(anchors, gt_boxes)
+        pred_ctr = torch.cat(pred_ctr, dim=1).squeeze(dim=2)
+        loss_ctr = F.binary_cross_entropy_with_logits(
+            pred_ctr[pos_mask], ctr_targets[pos_mask], reduction="sum"
+        ) / normalizer
+        return {
+            "loss_fcos_cls": self._balance(loss_cls, loss_box_reg),
+            "loss_fcos_loc": loss_box_reg,
+            "loss_fcos_ctr": loss_ctr,
+        }

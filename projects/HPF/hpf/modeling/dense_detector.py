@@ -1,0 +1,162 @@
+"""
+The ingredients HPF, GHM and Sampling-Free change in a detectron2 ``DenseDetector``, as
+constructor arguments: the classification loss, the loss balance, the prior and the test
+threshold. Subclasses override only ``losses``; labelling, heads and inference stay detectron2's.
+"""
+from typing import Union
+
+import torch
+import torch.nn.functional as F
+from detectron2.layers import cat
+from detectron2.structures import Boxes, pairwise_iou
+from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
+
+from hpf.losses import FocalLoss, adaptive_threshold, optimal_prior, prior_bias
+
+__all__ = ["PluggableLossMixin", "quality_targets", "reduce_mean"]
+
+
+def reduce_mean(value: torch.Tensor) -> float:
+    """Mean of a scalar over processes (mmdetection's ``reduce_mean``), as a float."""
+    if comm.get_world_size() > 1:
+        value = value.detach().clone()
+        torch.distributed.all_reduce(value)
+    return value.item() / comm.get_world_size()
+
+
+class PluggableLossMixin:
+    """
+    The ingredients the papers change, for a ``DenseDetector``:
+
+    * ``cls_loss``: a pyramid-level classification loss (``hpf.losses``: ``FocalLoss``,
+      ``ProgressiveFocalLoss``, ``GHMCLoss``, ``SamplingFreeCELoss``, QFL/VFL and their
+      progressive forms), called with per-level ``[B, A_l, C]`` logits and targets;
+    * ``loss_balance``: ``None`` or ``GuidedLossScale`` (Sampling-Free guided scaling of the
+      classification loss against the box loss, conference paper Eq. 7-8);
+    * ``prior_prob``: a float, or ``"auto"`` for the optimal bias of Sampling-Free (Eq. 9-10),
+      set from the training data by :func:`hpf.modeling.priors.initialize_auto_prior`;
+    * ``test_score_thresh``: a float, or ``"auto"`` for the adaptive threshold N_f / N.
+
+    ``loss_normalizer``: ``"ema"`` keeps detectron2's running average of the positives per
+    process; ``"mean"`` divides by the positives of the batch averaged over processes (the
+    mmdetection / paper convention, ``reduce_mean``).
+    """
+
+    def _init_pluggable(self, cls_loss, loss_balance, prior_prob, test_score_thresh,
+                        loss_normalizer):
+        if loss_normalizer not in ("ema", "mean"):
+            raise ValueError(f"loss_normalizer must be 'ema' or 'mean', got {loss_normalizer!r}")
+        self.cls_loss = cls_loss if cls_loss is not None else FocalLoss()
+        self.loss_balance = loss_balance
+        self.normalizer_mode = loss_normalizer  # (detectron2 keeps its EMA in self.loss_normalizer)
+        self.prior_prob = prior_prob
+        self.auto_test_score_thresh = test_score_thresh == "auto"
+        # Foreground statistics (N_f, N) of the training data behind "auto": kept in the
+        # checkpoint so that --eval-only gets the same adaptive threshold.
+        self.register_buffer("foreground_stats", torch.zeros(2, dtype=torch.float64))
+        if prior_prob != "auto":
+            self._set_prior(float(prior_prob))
+        if self.auto_test_score_thresh:
+            self.test_score_thresh = None  # set by set_foreground_stats
+        else:
+            self.test_score_thresh = float(test_score_thresh)
+
+    # --- priors and thresholds ---------------------------------------------------------
+    def _set_prior(self, pi):
+        torch.nn.init.constant_(self.head.cls_score.bias, prior_bias(pi))
+
+    def set_foreground_stats(self, num_foreground, num_total, set_prior=True):
+        """Record (N_f, N) and apply what is "auto": the prior pi = N_f / (N C) into the
+        classification bias, and the test threshold N_f / N."""
+        self.foreground_stats.copy_(torch.tensor([num_foreground, num_total]))
+        if set_prior and self.prior_prob == "auto":
+            self._set_prior(optimal_prior(num_foreground, num_total, self.num_classes))
+        self._apply_auto_threshold()
+
+    def _apply_auto_threshold(self):
+        if self.auto_test_score_thresh and self.foreground_stats[1] > 0:
+            n_f, n = self.foreground_stats.tolist()
+            self.test_score_thresh = adaptive_threshold(n_f, n)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._apply_auto_threshold()
+
+    def _check_test_score_thresh(self):
+        if self.test_score_thresh is None:
+            raise RuntimeError(
+                "test_score_thresh='auto' needs the foreground statistics of the training data: "
+                "load a checkpoint trained with it, or call set_foreground_stats()."
+            )
+
+    def forward_inference(self, images, features, predictions):
+        self._check_test_score_thresh()
+        return super().forward_inference(images, features, predictions)
+
+    # --- losses ------------------------------------------------------------------------
+    def _normalizer(self, num_pos: int, ema_initial: float) -> float:
+        if self.normalizer_mode == "ema":
+            return self._ema_update("loss_normalizer", max(num_pos, 1), ema_initial)
+        return max(reduce_mean(torch.tensor(float(num_pos), device=self.device)), 1.0)
+
+    def _classification_loss(self, pred_logits, gt_labels, normalizer, valid_mask=None,
+                             quality=None):
+        """
+        pred_logits: per-level ``[B, A_l, C]``; gt_labels ``[B, R]`` (C = background, -1 =
+        ignored); quality ``[B, R]`` (IoU targets of the positives) when the loss wants them.
+        """
+        targets = F.one_hot(gt_labels.clamp(min=0), self.num_classes + 1)[..., :-1]
+        targets = targets.to(pred_logits[0].dtype)
+        if getattr(self.cls_loss, "uses_quality_targets", False):
+            if quality is None:
+                raise ValueError(f"{type(self.cls_loss).__name__} needs IoU-quality targets, "
+                                 f"which {type(self).__name__} does not provide")
+            targets = targets * quality.unsqueeze(-1).to(targets.dtype)
+        sizes = [x.shape[1] for x in pred_logits]
+        targets = list(targets.split(sizes, dim=1))
+        valid = None if valid_mask is None else list(valid_mask.split(sizes, dim=1))
+        loss = self.cls_loss(pred_logits, targets, normalizer, valid)
+        self._log_level_stats(gt_labels, sizes)
+        return loss
+
+    def _balance(self, loss_cls, loss_reg):
+        if self.loss_balance is None:
+            return loss_cls
+        loss_cls = self.loss_balance(loss_cls, loss_reg)
+        get_event_storage().put_scalar("guided_ratio", float(self.loss_balance.ratio))
+        return loss_cls
+
+    def _log_level_stats(self, gt_labels, sizes):
+        storage = get_event_storage()
+        pos = ((gt_labels >= 0) & (gt_labels != self.num_classes)).sum(0)
+        for level, n in enumerate(pos.split(sizes)):
+            storage.put_scalar(f"num_pos/level{level}", n.sum().item() / len(gt_labels))
+        for name in ("last_gamma", "last_alpha"):
+            values = getattr(self.cls_loss, name, None)
+            if values is None:
+                continue
+            values = values.float()
+            if values.dim() == 2:  # per image: log the mean over the images of the batch
+                values = values.mean(1)
+            for level, v in enumerate(values.tolist()):
+                storage.put_scalar(f"{name[5:]}_ad/level{level}", v)
+
+
+
+def quality_targets(box2box_transform, anchors, pred_deltas, gt_boxes, pos_mask):
+    """IoU between the decoded predicted box and its assigned ground truth, for positives
+    (0 elsewhere), detached: the quality target of QFL / VFL and their progressive forms."""
+    with torch.no_grad():
+        anchors = Boxes.cat(anchors).tensor
+        deltas = cat(pred_deltas, dim=1)
+        quality = torch.zeros(pos_mask.shape, device=deltas.device)
+        gt = torch.stack(gt_boxes)
+        for i in range(len(gt_boxes)):  # loop over the images of the batch only
+            idx = pos_mask[i].nonzero().squeeze(1)
+            if idx.numel():
+                pred = box2box_transform.apply_deltas(deltas[i, idx], anchors[idx])
+                quality[i, idx] = pairwise_iou(Boxes(pred), Boxes(gt[i, idx])).diagonal()
+        return quality
+
+

@@ -1,0 +1,198 @@
+"""RetinaNet and FCOS with every pluggable loss: forward + backward with empty and non-empty
+instances, inference, per-level statistics in the EventStorage, and the "auto" prior."""
+import math
+import os
+
+import pytest
+import torch
+from detectron2.config import LazyConfig, instantiate
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
+
+from conftest import REPO
+from hpf.losses import (
+    FocalLoss,
+    GHMCLoss,
+    GHMRLoss,
+    GuidedLossScale,
+    ProgressiveFocalLoss,
+    ProgressiveQualityFocalLoss,
+    ProgressiveVarifocalLoss,
+    QualityFocalLoss,
+    SamplingFreeCELoss,
+    VarifocalLoss,
+    optimal_prior,
+    prior_bias,
+)
+from hpf.modeling import ATSS, FCOS, RetinaNet
+from hpf.modeling.priors import count_foreground_anchors, initialize_auto_priors
+
+NUM_CLASSES = 3
+
+
+MODEL_CONFIGS = {
+    "retinanet": "retinanet.py",
+    "fcos": "fcos.py",
+    "atss": "atss.py",
+}
+
+
+def tiny_model_cfg(arch):
+    """The project's model config of ``arch`` made tiny: 8-64 channel ResNet, 64-channel FPN
+    (32 GroupNorm groups need >= 2 values each on 1x1 P7 maps), one conv per head tower."""
+    import sys
+
+    sys.path.insert(0, os.path.join(REPO, "configs", "common", "models"))
+    from small_resnet import use_small_resnet_fpn
+
+    cfg = LazyConfig.load(os.path.join(REPO, "configs", "common", "models",
+                                       MODEL_CONFIGS[arch])).model
+    use_small_resnet_fpn(cfg, widths=(8, 16, 32, 64), fpn_channels=64, head_convs=1)
+    cfg.num_classes = NUM_CLASSES
+    if arch == "retinanet":
+        cfg.anchor_generator.sizes = [[16, 20], [32, 40], [64, 80], [128, 160], [256, 320]]
+        cfg.head.num_anchors = 6
+    if arch == "atss":
+        cfg.anchor_generator.sizes = [[16], [32], [64], [128], [256]]
+    return cfg
+
+
+def batch(num_boxes=(3, 0), size=96):
+    gen = torch.Generator().manual_seed(0)
+    out = []
+    for n in num_boxes:
+        inst = Instances((size, size))
+        xy = torch.rand(n, 2, generator=gen) * size * 0.6
+        wh = torch.rand(n, 2, generator=gen) * size * 0.35 + 8
+        inst.gt_boxes = Boxes(torch.cat([xy, (xy + wh).clamp(max=size - 1)], 1))
+        inst.gt_classes = torch.randint(0, NUM_CLASSES, (n,), generator=gen)
+        image = torch.randint(0, 255, (3, size, size), generator=gen).float()
+        out.append({"image": image, "instances": inst, "height": size, "width": size})
+    return out
+
+
+CLS_LOSSES = {
+    "focal": lambda: FocalLoss(),
+    "hpf_level": lambda: ProgressiveFocalLoss(sampling="level"),
+    "hpf_all": lambda: ProgressiveFocalLoss(sampling="all"),
+    "hpf_image": lambda: ProgressiveFocalLoss(sampling="image"),
+    "ghmc": lambda: GHMCLoss(),
+    "ghmc_all_levels": lambda: GHMCLoss(per_level=False),
+    "sampling_free": lambda: SamplingFreeCELoss(),
+    "qfl": lambda: QualityFocalLoss(),
+    "vfl": lambda: VarifocalLoss(),
+    "pf_qfl": lambda: ProgressiveQualityFocalLoss(),
+    "pf_vfl": lambda: ProgressiveVarifocalLoss(w=1.5),
+}
+
+
+@pytest.mark.parametrize("arch", ["retinanet", "fcos", "atss"])
+@pytest.mark.parametrize("loss_name", sorted(CLS_LOSSES))
+def test_training_step_and_inference(arch, loss_name):
+    torch.manual_seed(0)
+    cfg = tiny_model_cfg(arch)
+    cfg.cls_loss = CLS_LOSSES[loss_name]()
+    if loss_name == "sampling_free":
+        cfg.loss_balance = GuidedLossScale()
+    if arch == "retinanet" and loss_name.startswith("ghmc"):
+        cfg.box_loss = GHMRLoss()
+    model = instantiate(cfg)
+    model.train()
+    with EventStorage() as storage:
+        losses = model(batch((3, 0)))
+        total = sum(losses.values())
+        assert torch.isfinite(total)
+        total.backward()
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads)
+        assert model.head.cls_score.weight.grad.abs().sum() > 0
+        logged = storage.latest()
+        for level in range(5):
+            assert f"num_pos/level{level}" in logged
+        if loss_name.startswith(("hpf", "pf_")):
+            assert "gamma_ad/level4" in logged and "alpha_ad/level0" in logged
+            g = logged["gamma_ad/level0"][0]
+            assert 1.5 <= g <= 2.5
+        if loss_name == "sampling_free":
+            assert "guided_ratio" in logged
+            cls_key = [k for k in losses if "cls" in k][0]
+            reg_key = [k for k in losses if "loc" in k or "box" in k][0]
+            # guided scaling: the scaled classification loss equals the box loss in value
+            assert torch.allclose(losses[cls_key], losses[reg_key], rtol=1e-5)
+    model.eval()
+    with torch.no_grad():
+        out = model(batch((2,)))
+    assert len(out) == 1 and out[0]["instances"].pred_boxes.tensor.shape[1] == 4
+
+
+@pytest.mark.parametrize("arch", ["retinanet", "fcos", "atss"])
+def test_empty_batch_trains(arch):
+    model = instantiate(tiny_model_cfg(arch))
+    model.train()
+    with EventStorage():
+        losses = model(batch((0, 0)))
+        sum(losses.values()).backward()
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_quality_loss_needs_quality_targets_error_is_clear():
+    model = instantiate(tiny_model_cfg("fcos"))
+    gt_labels = torch.zeros(1, 4, dtype=torch.long)
+    model.cls_loss = QualityFocalLoss()
+    with pytest.raises(ValueError, match="needs IoU-quality targets"):
+        with EventStorage():
+            model._classification_loss([torch.zeros(1, 4, NUM_CLASSES)], gt_labels, 1.0)
+
+
+@pytest.mark.parametrize("arch", ["retinanet", "fcos", "atss"])
+def test_auto_prior_and_threshold_from_the_training_data(arch, tmp_path):
+    cfg = tiny_model_cfg(arch)
+    cfg.prior_prob = "auto"
+    cfg.test_score_thresh = "auto"
+    model = instantiate(cfg)
+    data = [batch((3, 2)), batch((1,))]
+    n_f, n = count_foreground_anchors(model, data, num_images=3)
+    # By hand: label the same anchors with the detector's own matcher.
+    expected_f = expected_n = 0
+    for b in data:
+        images = model.preprocess_image(b)
+        h, w = images.tensor.shape[-2:]
+        feats = [torch.zeros(1, 1, math.ceil(h / s), math.ceil(w / s)) for s in (8, 16, 32, 64, 128)]
+        labels = torch.stack(model.label_anchors(model.anchor_generator(feats),
+                                                 [x["instances"] for x in b])[0])
+        expected_f += ((labels >= 0) & (labels != NUM_CLASSES)).sum().item()
+        expected_n += (labels >= 0).sum().item()
+    assert (n_f, n) == (expected_f, expected_n) and 0 < n_f < n
+    record = initialize_auto_priors(model, data, num_images=3, output_dir=str(tmp_path))
+    pi = optimal_prior(n_f, n, NUM_CLASSES)
+    assert record["prior_prob"] == pytest.approx(pi)
+    assert torch.allclose(model.head.cls_score.bias, torch.full_like(model.head.cls_score.bias,
+                                                                     prior_bias(pi)))
+    assert model.test_score_thresh == pytest.approx(n_f / n)
+    assert (tmp_path / "foreground_stats.json").is_file()
+    # The statistics travel in the checkpoint: a fresh model gets the same threshold.
+    fresh = instantiate(cfg)
+    assert fresh.test_score_thresh is None
+    fresh.load_state_dict(model.state_dict())
+    assert fresh.test_score_thresh == pytest.approx(n_f / n)
+
+
+def test_auto_threshold_without_statistics_is_a_clear_error():
+    cfg = tiny_model_cfg("fcos")
+    cfg.test_score_thresh = "auto"
+    model = instantiate(cfg).eval()
+    with pytest.raises(RuntimeError, match="test_score_thresh='auto' needs"):
+        with torch.no_grad():
+            model(batch((1,)))
+
+
+def test_models_are_the_detectron2_detectors():
+    from detectron2.modeling.meta_arch.fcos import FCOS as D2FCOS
+    from detectron2.modeling.meta_arch.retinanet import RetinaNet as D2RetinaNet
+
+    assert issubclass(FCOS, D2FCOS) and issubclass(RetinaNet, D2RetinaNet)
+    # Only `losses` (and FCOS's range rule) is overridden: labelling and inference are
+    # detectron2's.
+    assert RetinaNet.label_anchors is D2RetinaNet.label_anchors
+    assert FCOS.label_anchors is D2FCOS.label_anchors
+    assert RetinaNet.inference_single_image is D2RetinaNet.inference_single_image
