@@ -1,0 +1,26 @@
+# RetinaNet R-50 1x with Sampling-Free (conference paper Tables 3, 6, 7), settings of the official
+# maskrcnn-benchmark config (chenjoya/sampling-free
+# configs/sampling_free/retinanet_R_50_FPN_1x.yaml): MSRA R-50 (the base's), smooth L1 beta 0.11
+# on (10, 10, 5, 5)-weighted deltas.
+from detectron2.config import LazyCall as L
+
+from hpf.losses import GuidedLossScale, SamplingFreeCELoss
+
+from ..common.schedules import multistep
+from .retinanet_R_50_FPN_1x import dataloader, model, optimizer, train
+
+model.cls_loss = L(SamplingFreeCELoss)()
+# Ratio L_reg / L_cls recomputed every iteration (Eq. 8; the code behind the paper's numbers).
+model.loss_balance = L(GuidedLossScale)(factor=1.0, freeze_after=None)
+model.prior_prob = "auto"  # official fixed PRIOR_PROB 1e-5 (pi = N_f / (N C) ~ 1.25e-5)
+model.test_score_thresh = "auto"  # official fixed INFERENCE_TH 1e-3 (theta = N_f / N)
+model.box2box_transform.weights = [10.0, 10.0, 5.0, 5.0]
+model.smooth_l1_beta = 0.11
+# Deviation: the official box loss is divided by N_pos * 4 (BBOX_REG_WEIGHT 4.0), ours by N_pos
+# (hpf.modeling.RetinaNet has no box-loss weight), so both losses are 4x the official ones.
+model.loss_normalizer = "mean"  # maskrcnn-benchmark divides by the batch's positives, no EMA
+# maskrcnn-benchmark solver: bias lr x2 without weight decay; linear warm-up 500 it from 1/3.
+optimizer.params.base_lr = "${..lr}"
+optimizer.params.bias_lr_factor = 2.0
+optimizer.params.weight_decay_bias = 0.0
+lr_multiplier = multistep(train.max_iter, [60000, 80000], warmup_factor=1.0 / 3)
