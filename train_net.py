@@ -3,7 +3,7 @@
 Trains and evaluates a detector described by a LazyConfig file (detectron2's
 tools/lazyconfig_train_net.py, with this project's additions).
 
-    python train_net.py --config-file configs/Shapes/fcos_R18_FPN_demo.py
+    python train_net.py --config-file configs/Shapes/fcos_R18h_FPN_demo.py
     python train_net.py --config-file CFG --num-gpus 8 train.output_dir=out
     python train_net.py --config-file CFG --eval-only train.init_checkpoint=out/model_final.pth
     python train_net.py --config-file CFG --resume            # continue from last_checkpoint
@@ -27,7 +27,7 @@ from detectron2.utils.logger import setup_logger
 import hpf.data  # noqa: F401  registers the project's datasets
 from hpf.collect_env import collect_env_info_hpf
 from hpf.engine.config import apply_overrides
-from hpf.engine.trainers import FiniteLossAMPTrainer, FiniteLossTrainer
+from hpf.engine.trainers import FiniteLossAMPTrainer, FiniteLossTrainer, GradientClipHook
 from hpf.modeling.priors import initialize_auto_priors
 
 logger = logging.getLogger("detectron2")
@@ -85,6 +85,7 @@ def do_train(args, cfg):
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
+            GradientClipHook(**cfg.train.clip_grad) if cfg.train.get("clip_grad") else None,
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
             hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
             if comm.is_main_process()

@@ -53,3 +53,20 @@ def test_testdev_writes_results_json_and_server_zip(datasets_root, tmp_path):
     with zipfile.ZipFile(zip_file) as zf:
         assert zf.namelist() == ["detections_test-dev2017_hpf_results.json"]
         assert json.loads(zf.read(zf.namelist()[0])) == results
+
+
+def test_check_coco_reports_present_and_missing_splits(datasets_root, tmp_path):
+    import subprocess
+    import sys
+
+    make_testdev(datasets_root, tmp_path)
+    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path))
+    cmd = [sys.executable, "-m", "hpf.data.check_coco", "--splits"]
+    ok = subprocess.run(cmd + ["coco_2017_test-dev"], env=env, capture_output=True, text=True)
+    assert ok.returncode == 0 and "coco_2017_test-dev: ok, 3 images" in ok.stdout
+    bad = subprocess.run(cmd + ["coco_2017_val"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 1
+    assert "missing annotation file" in bad.stdout and "instances_val2017.json" in bad.stdout
+    os.remove(tmp_path / "coco" / "test2017" / sorted(os.listdir(tmp_path / "coco" / "test2017"))[0])
+    partial = subprocess.run(cmd + ["coco_2017_test-dev"], env=env, capture_output=True, text=True)
+    assert partial.returncode == 1 and "1 of 3 images missing" in partial.stdout

@@ -116,3 +116,20 @@ def test_two_machines_on_loopback(datasets_root, tmp_path):
     with open(os.path.join(tmp_path, "m1", "log.txt.rank1")) as f:
         assert "Rank of current process: 1. World size: 2" in f.read()
     assert os.path.isfile(os.path.join(tmp_path, "m0", "model_final.pth"))
+
+
+def test_visualize_predictions_writes_a_png(trained, datasets_root, tmp_path):
+    out, _ = trained
+    png = tmp_path / "pred.png"
+    env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root), OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "visualize_predictions.py"), "--config-file",
+         DEMO_CONFIG, "--checkpoint", f"{out}/model_final.pth", "--output", str(png),
+         "--num-images", "4", "--score-thresh", "0.0", *TINY_TRAIN],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from PIL import Image
+
+    image = Image.open(png)
+    assert image.size[0] >= 3 * 256 and image.size[1] >= 2 * 256  # 3 columns x 2 rows

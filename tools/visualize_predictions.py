@@ -3,7 +3,7 @@
 Draws a trained model's detections on the first images of its test dataset into one PNG.
 
     python tools/visualize_predictions.py --config-file CFG --checkpoint out/model_final.pth \
-        --output out/predictions.png [--num-images 6] [--score-thresh 0.3] [opts ...]
+        --output out/predictions.png [--num-images 6] [--score-thresh 0.4] [opts ...]
 """
 import argparse
 
@@ -37,7 +37,7 @@ def main():
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--output", required=True)
     parser.add_argument("--num-images", type=int, default=6)
-    parser.add_argument("--score-thresh", type=float, default=0.3)
+    parser.add_argument("--score-thresh", type=float, default=0.4)
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[])
     args = parser.parse_args()
 

@@ -10,6 +10,7 @@ train = dict(
         fp16_compression=False,
     ),
     checkpointer=dict(period=5000, max_to_keep=100),  # PeriodicCheckpointer
+    clip_grad=None,  # e.g. dict(max_norm=35.0): clip the gradient norm (GHM's configs)
     eval_period=5000,
     log_period=20,
     device="cuda",

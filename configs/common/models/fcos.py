@@ -13,6 +13,7 @@ del model.anchor_matcher
 del model.input_format
 del model.box_loss
 del model.smooth_l1_beta
+del model.box_loss_weight
 
 # P6/P7 from P5 (Sec 2.2 of the FCOS journal version, arXiv:2006.09214).
 model.backbone.top_block.in_feature = "p5"

@@ -51,6 +51,7 @@ model = L(RetinaNet)(
     loss_balance=None,  # Sampling-Free: GuidedLossScale
     prior_prob=0.01,  # or "auto": optimal bias from the training data (Sampling-Free)
     test_score_thresh=0.05,  # or "auto": N_f / N (Sampling-Free)
+    box_loss_weight=1.0,
     pixel_mean=constants["imagenet_bgr256_mean"],
     pixel_std=constants["imagenet_bgr256_std"],
     input_format="BGR",

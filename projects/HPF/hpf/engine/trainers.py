@@ -1,10 +1,10 @@
 """detectron2 trainers that stop cleanly on a non-finite loss on every process."""
 import torch
 import torch.distributed as dist
-from detectron2.engine import AMPTrainer, SimpleTrainer
+from detectron2.engine import AMPTrainer, HookBase, SimpleTrainer
 from detectron2.utils import comm
 
-__all__ = ["FiniteLossTrainer", "FiniteLossAMPTrainer"]
+__all__ = ["FiniteLossTrainer", "FiniteLossAMPTrainer", "GradientClipHook"]
 
 
 class FiniteLossMixin:
@@ -49,3 +49,21 @@ class FiniteLossTrainer(FiniteLossMixin, SimpleTrainer):
 
 class FiniteLossAMPTrainer(FiniteLossMixin, AMPTrainer):
     check_gradients = False  # inf gradients are expected: GradScaler skips those steps
+
+
+class GradientClipHook(HookBase):
+    """Clips the gradient norm of all parameters after the backward pass (mmdetection's
+    ``grad_clip=dict(max_norm=..., norm_type=2)``, used by GHM's configs with max_norm 35).
+    Under AMP the gradients are unscaled first, so the norm is the true one."""
+
+    def __init__(self, max_norm: float, norm_type: float = 2.0):
+        self.max_norm, self.norm_type = float(max_norm), float(norm_type)
+
+    def after_backward(self):
+        scaler = getattr(self.trainer, "grad_scaler", None)
+        if scaler is not None:
+            scaler.unscale_(self.trainer.optimizer)
+        params = [p for g in self.trainer.optimizer.param_groups for p in g["params"]
+                  if p.grad is not None]
+        total = torch.nn.utils.clip_grad_norm_(params, self.max_norm, self.norm_type)
+        self.trainer.storage.put_scalar("grad_norm", float(total), smoothing_hint=True)

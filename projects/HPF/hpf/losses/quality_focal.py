@@ -82,7 +82,7 @@ class ProgressiveVarifocalLoss(_ProgressiveLoss):
     Same constructor and forward as ProgressiveFocalLoss; positives are entries with
     score target > 0. VFL's alpha (0.75) weighs only the negatives; the paper's rule
     w = alpha * gamma would give w = 1.5 here, while the shared default w = 0.5 gives
-    alpha_ad = 0.25 at gamma_ad = 2. Set w explicitly (see docs_losses.md).
+    alpha_ad = 0.25 at gamma_ad = 2. Set w explicitly (see projects/HPF/README.md).
     """
 
     def positives(self, targets):

@@ -17,14 +17,17 @@ class RetinaNet(PluggableLossMixin, _D2RetinaNet):
     """
     detectron2's RetinaNet. ``box_loss``: ``None`` keeps detectron2's ``box_reg_loss_type``
     (smooth L1 / GIoU ...); a ``GHMRLoss`` replaces it (GHM-R on the positives' deltas).
+    ``box_loss_weight`` multiplies the box loss (0.25 gives maskrcnn-benchmark's division by
+    4 x positives, the Sampling-Free code).
     """
 
     def __init__(self, *, cls_loss: Optional[nn.Module] = None, box_loss: Optional[nn.Module] = None,
                  loss_balance: Optional[nn.Module] = None, prior_prob: Union[float, str] = 0.01,
                  test_score_thresh: Union[float, str] = 0.05, loss_normalizer: str = "ema",
-                 **kwargs):
+                 box_loss_weight: float = 1.0, **kwargs):
         super().__init__(**kwargs)
         self.box_loss = box_loss
+        self.box_loss_weight = box_loss_weight
         self._init_pluggable(cls_loss, loss_balance, prior_prob, test_score_thresh,
                              loss_normalizer)
 
@@ -45,6 +48,7 @@ class RetinaNet(PluggableLossMixin, _D2RetinaNet):
         loss_box_reg = self._box_loss(anchors, pred_anchor_deltas, gt_boxes, pos_mask)
         if self.box_loss is None:
             loss_box_reg = loss_box_reg / normalizer
+        loss_box_reg = self.box_loss_weight * loss_box_reg
         return {"loss_cls": self._balance(loss_cls, loss_box_reg), "loss_box_reg": loss_box_reg}
 
     def _box_loss(self, anchors, pred_anchor_deltas, gt_boxes, pos_mask):

@@ -1,0 +1,37 @@
+#!/usr/bin/env python
+"""
+Prints the COCO box AP of several finished runs side by side, as a markdown table.
+
+    python tools/compare_runs.py output/compare/focal output/compare/hpf ...
+"""
+import argparse
+import glob
+import json
+import os
+import sys
+
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def load_ap(run_dir):
+    files = sorted(glob.glob(os.path.join(run_dir, "eval_*.json")))
+    if not files:
+        raise FileNotFoundError(f"No eval_*.json in {run_dir}: has the run finished?")
+    with open(files[0]) as f:
+        return json.load(f)["bbox"]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("runs", nargs="+", help="output directories of train_net.py")
+    args = parser.parse_args(argv)
+    rows = [(os.path.basename(os.path.normpath(r)), load_ap(r)) for r in args.runs]
+    print("| run | " + " | ".join(METRICS) + " |")
+    print("|---|" + "---:|" * len(METRICS))
+    for name, ap in rows:
+        print(f"| {name} | " + " | ".join(f"{ap[m]:.1f}" for m in METRICS) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
