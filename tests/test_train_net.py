@@ -133,3 +133,29 @@ def test_visualize_predictions_writes_a_png(trained, datasets_root, tmp_path):
 
     image = Image.open(png)
     assert image.size[0] >= 3 * 256 and image.size[1] >= 2 * 256  # 3 columns x 2 rows
+
+
+def test_per_level_statistics_reach_metrics_json(datasets_root, tmp_path):
+    config = os.path.join(REPO, "configs", "Shapes", "atss_R18h_FPN_hpf.py")
+    run_train_net(["--config-file", config, *TINY_TRAIN, f"train.output_dir={tmp_path}",
+                   "train.max_iter=3"], datasets_root)
+    last = [m for m in read_metrics(tmp_path) if "total_loss" in m][-1]
+    for level in range(5):
+        for key in (f"gamma_ad/level{level}", f"alpha_ad/level{level}", f"num_pos/level{level}"):
+            assert key in last, key
+        assert 1.5 <= last[f"gamma_ad/level{level}"] <= 2.5
+        assert last[f"alpha_ad/level{level}"] == pytest.approx(0.5 / last[f"gamma_ad/level{level}"])
+
+
+def test_sampling_free_writes_foreground_stats_and_guided_ratio(datasets_root, tmp_path):
+    config = os.path.join(REPO, "configs", "Shapes", "atss_R18h_FPN_sampling_free.py")
+    run_train_net(["--config-file", config, *TINY_TRAIN, f"train.output_dir={tmp_path}",
+                   "train.max_iter=3", "train.foreground_stats_images=4"], datasets_root)
+    stats = json.loads((tmp_path / "foreground_stats.json").read_text())
+    assert 0 < stats["num_foreground_anchors"] < stats["num_anchors"]
+    assert stats["prior_prob"] == pytest.approx(
+        stats["num_foreground_anchors"] / (stats["num_anchors"] * 4))
+    assert stats["test_score_thresh"] == pytest.approx(stats["adaptive_threshold"])
+    last = [m for m in read_metrics(tmp_path) if "total_loss" in m][-1]
+    assert "guided_ratio" in last
+    assert last["loss_cls"] == pytest.approx(last["loss_box_reg"], rel=1e-4)
