@@ -228,3 +228,18 @@ def test_loss_decreases_when_fitting_one_batch(arch, loss_name):
             optimizer.step()
             totals.append(loss.item())
     assert sum(totals[-3:]) / 3 < 0.8 * sum(totals[:3]) / 3, totals
+
+
+def test_bad_detector_arguments_name_the_argument():
+    cfg = tiny_model_cfg("fcos")
+    cfg.regress_ranges = [(0, 32), (32, float("inf"))]
+    with pytest.raises(ValueError, match="regress_ranges has 2 entries but the head has 5 levels"):
+        instantiate(cfg)
+    cfg = tiny_model_cfg("atss")
+    cfg.loss_normalizer = "median"
+    with pytest.raises(ValueError, match="loss_normalizer must be 'ema' or 'mean'"):
+        instantiate(cfg)
+    from hpf.modeling import basic_resnet_stages
+
+    with pytest.raises(ValueError, match=r"widths \(8, 16\) and num_blocks \(2, 2, 2\)"):
+        basic_resnet_stages(widths=(8, 16), num_blocks=(2, 2, 2))
