@@ -15,11 +15,10 @@ from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.modeling.meta_arch.fcos import FCOSHead
 from detectron2.structures import Boxes, Instances
-from detectron2.structures.boxes import matched_pairwise_iou
 from detectron2.utils.events import get_event_storage
 from fvcore.nn import giou_loss
 
-from .dense_detector import PluggableLossMixin, reduce_mean
+from .dense_detector import PluggableLossMixin, iou_targets, reduce_mean
 from .matcher import ATSSMatcher
 from .utils import check_finite_predictions
 
@@ -132,10 +131,7 @@ class ATSS(PluggableLossMixin, DenseDetector):
 
         quality = None
         if getattr(self.cls_loss, "uses_quality_targets", False):
-            # IoU of the decoded prediction with its ground truth (GFL / VarifocalNet), detached.
-            quality = torch.zeros(pos_mask.shape, device=gt.device)
-            iou = matched_pairwise_iou(Boxes(pred_boxes.detach()), Boxes(gt))
-            quality[pos_mask] = iou.nan_to_num(0.0)
+            quality = iou_targets(pred_boxes, gt, pos_mask)
         loss_cls = self._classification_loss(pred_logits, gt_labels, normalizer, None, quality)
 
         # GIoU weighted by the centerness target, normalised by the targets' sum over processes.

@@ -8,13 +8,14 @@ from typing import Union
 import torch
 import torch.nn.functional as F
 from detectron2.layers import cat
-from detectron2.structures import Boxes, pairwise_iou
+from detectron2.structures import Boxes
+from detectron2.structures.boxes import matched_pairwise_iou
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from hpf.losses import FocalLoss, adaptive_threshold, optimal_prior, prior_bias
 
-__all__ = ["PluggableLossMixin", "quality_targets", "reduce_mean"]
+__all__ = ["PluggableLossMixin", "iou_targets", "quality_targets", "reduce_mean"]
 
 
 def reduce_mean(value: torch.Tensor) -> float:
@@ -144,19 +145,19 @@ class PluggableLossMixin:
 
 
 
+def iou_targets(pred_boxes, gt_boxes, pos_mask):
+    """``[B, R]`` quality targets: IoU of each positive's decoded box (``[P, 4]``, rows in
+    ``pos_mask`` order) with its ground truth, 0 elsewhere, detached (GFL / VarifocalNet)."""
+    quality = torch.zeros(pos_mask.shape, device=pos_mask.device)
+    iou = matched_pairwise_iou(Boxes(pred_boxes.detach()), Boxes(gt_boxes))
+    quality[pos_mask] = iou.nan_to_num(0.0)  # 0/0 of two empty boxes
+    return quality
+
+
 def quality_targets(box2box_transform, anchors, pred_deltas, gt_boxes, pos_mask):
-    """IoU between the decoded predicted box and its assigned ground truth, for positives
-    (0 elsewhere), detached: the quality target of QFL / VFL and their progressive forms."""
+    """:func:`iou_targets` from per-level deltas and per-image matched boxes: the quality
+    target of QFL / VFL and their progressive forms."""
     with torch.no_grad():
-        anchors = Boxes.cat(anchors).tensor
-        deltas = cat(pred_deltas, dim=1)
-        quality = torch.zeros(pos_mask.shape, device=deltas.device)
-        gt = torch.stack(gt_boxes)
-        for i in range(len(gt_boxes)):  # loop over the images of the batch only
-            idx = pos_mask[i].nonzero().squeeze(1)
-            if idx.numel():
-                pred = box2box_transform.apply_deltas(deltas[i, idx], anchors[idx])
-                quality[i, idx] = pairwise_iou(Boxes(pred), Boxes(gt[i, idx])).diagonal()
-        return quality
-
-
+        anchors = Boxes.cat(anchors).tensor.expand(len(gt_boxes), -1, -1)[pos_mask]
+        pred = box2box_transform.apply_deltas(cat(pred_deltas, dim=1)[pos_mask], anchors)
+        return iou_targets(pred, torch.stack(gt_boxes)[pos_mask], pos_mask)
