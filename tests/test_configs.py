@@ -133,7 +133,9 @@ def test_progressive_quality_losses():
     assert vfl._target_ is ProgressiveVarifocalLoss and vfl.w == 1.5 and vfl.sampling == "level"
 
 
-@pytest.mark.parametrize("path", [p for p in CONFIGS if "sampling_free" in p], ids=_ids)
+@pytest.mark.parametrize(
+    "path", [p for p in CONFIGS if "sampling_free" in p and "rcnn" not in p], ids=_ids
+)
 def test_sampling_free_configs(path):
     model = LazyConfig.load(path).model
     assert model.cls_loss._target_ is SamplingFreeCELoss
@@ -197,7 +199,52 @@ def test_train_resize(name):
         assert resize.sample_style == "range"
         expected = (480, 960) if "Swin" in name else (640, 800)
         assert tuple(resize.short_edge_length) == expected
+    elif name.startswith("cascade_rcnn"):
+        # trained in detectron2 by the Sampling-Free paper: detectron2's multi-scale "choice"
+        assert resize.sample_style == "choice"
+        assert tuple(resize.short_edge_length) == tuple(range(640, 801, 32))
     else:
         assert resize.short_edge_length == 800  # single scale, as the papers
     test_resize = cfg.dataloader.test.mapper.augmentations[0]
     assert test_resize.short_edge_length == 800 and test_resize.max_size == 1333
+
+
+RCNN_SF = {
+    # config: (Sampling-Free RPN, Sampling-Free RoI heads)
+    "faster_rcnn_R_50_FPN_1x": (False, False),
+    "faster_rcnn_sampling_free_rpn_R_50_FPN_1x": (True, False),
+    "faster_rcnn_sampling_free_roi_R_50_FPN_1x": (False, True),
+    "faster_rcnn_sampling_free_R_50_FPN_1x": (True, True),
+    "cascade_rcnn_R_50_FPN_1x": (False, False),
+    "cascade_rcnn_sampling_free_R_50_FPN_1x": (True, True),
+    "mask_rcnn_R_50_FPN_1x": (False, False),
+    "mask_rcnn_sampling_free_R_50_FPN_1x": (True, True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RCNN_SF) + _coco("*rcnn*_R_101_*.py"))
+def test_rcnn_configs(name):
+    """Which parts are Sampling-Free, the guided factors (1 in the RPN, 2 per RoI stage), the
+    detection-only cascade and the mask branch, R-101 depth, and the R-CNN solver."""
+    from detectron2.modeling.proposal_generator import RPN
+    from hpf.modeling import SamplingFreeFastRCNNOutputLayers, SamplingFreeRPN
+
+    cfg = _load(name)
+    sf_rpn, sf_roi = RCNN_SF[name.replace("R_101", "R_50")]
+    rpn = cfg.model.proposal_generator
+    assert rpn._target_ is (SamplingFreeRPN if sf_rpn else RPN)
+    if sf_rpn:
+        assert rpn.prior_prob == "auto" and rpn.loss_balance.factor == 1.0
+    roi = cfg.model.roi_heads
+    predictors = roi.box_predictors if "box_predictors" in roi else [roi.box_predictor]
+    assert len(predictors) == (3 if name.startswith("cascade") else 1)
+    for p in predictors:
+        assert (p._target_ is SamplingFreeFastRCNNOutputLayers) == sf_roi
+        assert p.test_score_thresh == (1e-3 if sf_roi else 0.05)
+        if sf_roi:
+            assert p.loss_balance.factor == 2.0
+    has_mask = name.startswith("mask")
+    assert (roi.get("mask_head") is not None) == has_mask
+    assert cfg.dataloader.train.mapper.get("use_instance_mask", False) == has_mask
+    assert cfg.model.backbone.bottom_up.stages.depth == (101 if "R_101" in name else 50)
+    assert cfg.optimizer.lr == 0.02 and cfg.train.max_iter == 90000

@@ -1,10 +1,13 @@
 from .atss import ATSS, ATSSHead
 from .backbone import basic_resnet_stages
 from .dense_detector import PluggableLossMixin
+from .fast_rcnn import SamplingFreeFastRCNNOutputLayers
 from .fcos import FCOS
 from .fpn import LastLevelP6P7NoReLU
 from .matcher import ATSSMatcher
 from .retinanet import RetinaNet
+from .roi_heads import SamplingFreeCascadeROIHeads, SamplingFreeROIHeads
+from .rpn import SamplingFreeRPN
 
 __all__ = [
     "ATSS",
@@ -14,5 +17,9 @@ __all__ = [
     "LastLevelP6P7NoReLU",
     "PluggableLossMixin",
     "RetinaNet",
+    "SamplingFreeCascadeROIHeads",
+    "SamplingFreeFastRCNNOutputLayers",
+    "SamplingFreeROIHeads",
+    "SamplingFreeRPN",
     "basic_resnet_stages",
 ]

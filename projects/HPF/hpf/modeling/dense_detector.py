@@ -15,6 +15,8 @@ from detectron2.utils.events import get_event_storage
 
 from hpf.losses import FocalLoss, adaptive_threshold, optimal_prior, prior_bias
 
+from .priors import anchors_for_image_size
+
 __all__ = ["PluggableLossMixin", "iou_targets", "quality_targets", "reduce_mean"]
 
 
@@ -74,6 +76,30 @@ class PluggableLossMixin:
         if set_prior and self.prior_prob == "auto":
             self._set_prior(optimal_prior(num_foreground, num_total, self.num_classes))
         self._apply_auto_threshold()
+
+    # The foreground-statistics protocol of hpf.modeling.priors.
+    def needs_foreground_stats(self) -> bool:
+        return self.prior_prob == "auto" or self.auto_test_score_thresh
+
+    def count_foreground(self, image_size, gt_instances, feature_shapes):
+        """(N_f, N) of one batch: anchors labelled foreground / not ignored by
+        ``label_anchors``."""
+        strides = [feature_shapes[f].stride for f in self.head_in_features]
+        anchors = anchors_for_image_size(self.anchor_generator, strides, image_size, self.device)
+        labels = torch.stack(self.label_anchors(anchors, gt_instances)[0])
+        valid = labels >= 0
+        return (valid & (labels != self.num_classes)).sum(), valid.sum()
+
+    def foreground_stats_record(self, num_foreground, num_total):
+        pi = optimal_prior(num_foreground, num_total, self.num_classes)
+        auto = self.prior_prob == "auto"
+        return {
+            "num_classes": self.num_classes,
+            "prior_prob": pi if auto else self.prior_prob,
+            "prior_bias": prior_bias(pi) if auto else None,
+            "adaptive_threshold": adaptive_threshold(num_foreground, num_total),
+            "test_score_thresh": self.test_score_thresh,
+        }
 
     def _apply_auto_threshold(self):
         if self.auto_test_score_thresh and self.foreground_stats[1] > 0:

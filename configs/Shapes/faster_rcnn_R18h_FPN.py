@@ -1,0 +1,28 @@
+# Faster R-CNN with biased sampling (RPN 256 anchors / image at 1:1, RoI heads 512 proposals /
+# image at 1:3) on the embedded shapes dataset: the half-width ResNet-18 FPN from scratch, on
+# CPU. The baseline of the Sampling-Free R-CNN pair (faster_rcnn_R18h_FPN_sampling_free.py).
+from ..common.data.shapes import dataloader
+from ..common.models.faster_rcnn import model
+from ..common.models.small_resnet import use_small_resnet_rcnn
+from ..common.optim import AdamW as optimizer
+from ..common.schedules import multistep
+from ..common.train import train
+
+use_small_resnet_rcnn(model)
+model.roi_heads.num_classes = 4
+# 12-200 px objects in 256-320 px images: anchors of 16-256 px on P2-P6 (stock: 32-512).
+model.proposal_generator.anchor_generator.sizes = [[16], [32], [64], [128], [256]]
+
+optimizer.lr = 2e-3
+
+train.max_iter = 600
+train.device = "cpu"
+train.seed = 0
+train.eval_period = 0  # evaluated once at the end
+train.log_period = 20
+train.checkpointer.period = 100
+train.output_dir = "output/shapes_faster_rcnn"
+
+lr_multiplier = multistep(
+    train.max_iter, [int(0.8 * train.max_iter), int(0.93 * train.max_iter)], warmup_iters=50
+)

@@ -1,0 +1,31 @@
+"""Sampling-Free variants of an R-CNN model config, built by mutating it (one call each)."""
+from detectron2.config import LazyCall as L
+
+from hpf.losses import GuidedLossScale
+from hpf.modeling import (
+    SamplingFreeCascadeROIHeads,
+    SamplingFreeFastRCNNOutputLayers,
+    SamplingFreeROIHeads,
+    SamplingFreeRPN,
+)
+
+
+def use_sampling_free_rpn(model, prior_prob="auto"):
+    """RPN on all anchors: objectness CE / #positives, guided by the RPN box loss (ratio every
+    iteration, as the official RPN), objectness bias from pi = N_f / N ("auto")."""
+    model.proposal_generator._target_ = SamplingFreeRPN
+    model.proposal_generator.loss_balance = L(GuidedLossScale)(factor=1.0)
+    model.proposal_generator.prior_prob = prior_prob
+
+
+def use_sampling_free_roi_heads(model, test_score_thresh=1e-3):
+    """RoI heads on all proposals (+ GT); each box predictor's softmax CE guided to 2x its own
+    box loss; ``test_score_thresh``: the official code's 1e-3, or "auto" (N_f / N of the RoIs
+    seen in training), or detectron2's 0.05."""
+    roi_heads = model.roi_heads
+    cascade = "box_predictors" in roi_heads
+    roi_heads._target_ = SamplingFreeCascadeROIHeads if cascade else SamplingFreeROIHeads
+    for predictor in roi_heads.box_predictors if cascade else [roi_heads.box_predictor]:
+        predictor._target_ = SamplingFreeFastRCNNOutputLayers
+        predictor.loss_balance = L(GuidedLossScale)(factor=2.0)
+        predictor.test_score_thresh = test_score_thresh

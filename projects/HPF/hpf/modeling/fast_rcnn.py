@@ -1,0 +1,108 @@
+"""
+The box predictor of Sampling-Free RoI heads: detectron2's ``FastRCNNOutputLayers`` with the
+classification loss rescaled by guided loss scaling against the box loss.
+"""
+from typing import Optional, Union
+
+import torch
+from detectron2.layers import cat
+from detectron2.modeling.roi_heads import FastRCNNOutputLayers
+from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
+
+from hpf.losses import GuidedLossScale, adaptive_threshold
+
+__all__ = ["SamplingFreeFastRCNNOutputLayers"]
+
+
+class SamplingFreeFastRCNNOutputLayers(FastRCNNOutputLayers):
+    """
+    * ``loss_balance``: the softmax CE (detectron2's, mean over the RoIs) is rescaled to
+      ``factor x`` the box loss (guided loss scaling, Eq. 7-8). Default ``factor=2``: the
+      paper's rule for RoI heads ("the box loss is ~2x the classification loss" under biased
+      sampling, kept for consistency). No optimal bias here: the RPN already removed most of
+      the imbalance (paper Sec. 3.4).
+    * ``box_reg_normalizer``: ``"foreground"`` divides the summed box loss by 4 x the
+      foreground RoIs (a mean over their coordinates, the official code's N_pos x 4);
+      ``"rois"`` keeps detectron2's division by all RoIs, which with ~1-2k RoIs per image
+      instead of 512 would shrink the box loss (and, through the guided ratio, the
+      classification loss) 2-4x against the baseline. The two agree when a quarter of the RoIs
+      are foreground, as in detectron2's sampled batch.
+    * ``test_score_thresh``: a float (detectron2: 0.05; official Sampling-Free: 1e-3) or
+      ``"auto"``: the adaptive threshold N_f / N (Table 2) of the RoIs this stage trained on,
+      counted over the whole training (summed over processes, kept in the checkpoint).
+
+    Logs ``roi_head/guided_ratio``, ``roi_head/num_fg`` and ``roi_head/num_rois`` (per image)
+    every iteration; Cascade R-CNN prefixes them with ``stage{k}/``.
+    """
+
+    def __init__(
+        self,
+        input_shape,
+        *,
+        loss_balance: Optional[torch.nn.Module] = None,
+        box_reg_normalizer: str = "foreground",
+        test_score_thresh: Union[float, str] = 0.05,
+        **kwargs,
+    ):
+        if box_reg_normalizer not in ("foreground", "rois"):
+            raise ValueError(
+                f"box_reg_normalizer must be 'foreground' or 'rois', got {box_reg_normalizer!r}"
+            )
+        auto = test_score_thresh == "auto"
+        super().__init__(input_shape, test_score_thresh=0.0 if auto else test_score_thresh,
+                         **kwargs)
+        self.loss_balance = GuidedLossScale(factor=2.0) if loss_balance is None else loss_balance
+        self.box_reg_normalizer = box_reg_normalizer
+        self.auto_test_score_thresh = auto
+        if auto:
+            self.test_score_thresh = None  # set from the training statistics
+        # (foreground RoIs, RoIs) this stage trained on, summed over iterations and processes.
+        self.register_buffer("foreground_stats", torch.zeros(2, dtype=torch.float64))
+
+    def losses(self, predictions, proposals):
+        losses = super().losses(predictions, proposals)
+        gt_classes = cat([p.gt_classes for p in proposals]) if proposals else torch.empty(0)
+        num_rois = gt_classes.numel()
+        num_fg = ((gt_classes >= 0) & (gt_classes < self.num_classes)).sum().item()
+        if self.box_reg_normalizer == "foreground":
+            # detectron2 divided the sum by the number of RoIs.
+            losses["loss_box_reg"] = losses["loss_box_reg"] * (max(num_rois, 1) / max(4 * num_fg, 1))
+        losses["loss_cls"] = self.loss_balance(losses["loss_cls"], losses["loss_box_reg"])
+        self._update_foreground_stats(num_fg, num_rois)
+        storage = get_event_storage()
+        num_images = max(len(proposals), 1)
+        storage.put_scalar("roi_head/guided_ratio", float(self.loss_balance.ratio))
+        storage.put_scalar("roi_head/num_fg", num_fg / num_images)
+        storage.put_scalar("roi_head/num_rois", num_rois / num_images)
+        return losses
+
+    def _update_foreground_stats(self, num_fg, num_rois):
+        counts = torch.tensor([num_fg, num_rois], dtype=torch.float64,
+                              device=self.foreground_stats.device)
+        if comm.get_world_size() > 1:
+            torch.distributed.all_reduce(counts)
+        self.foreground_stats += counts
+        self._apply_auto_threshold()
+
+    def _apply_auto_threshold(self):
+        if self.auto_test_score_thresh and self.foreground_stats[1] > 0:
+            self.test_score_thresh = adaptive_threshold(*self.foreground_stats.tolist())
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._apply_auto_threshold()
+
+    # A property so that every reader (also CascadeROIHeads' inference) gets the check.
+    @property
+    def test_score_thresh(self):
+        if self._test_score_thresh is None:
+            raise RuntimeError(
+                "test_score_thresh='auto' needs the RoI statistics of training: load a "
+                "checkpoint trained with it, or set a float test_score_thresh."
+            )
+        return self._test_score_thresh
+
+    @test_score_thresh.setter
+    def test_score_thresh(self, value):
+        self._test_score_thresh = value

@@ -1,0 +1,98 @@
+"""
+Sampling-Free RPN (conference paper Sec. 3.4 "Applications to Different Detectors"): every
+anchor labelled foreground or background trains the objectness, with no mini-batch sampling.
+"""
+from typing import Optional, Union
+
+import torch
+from detectron2.modeling.proposal_generator import RPN
+from detectron2.utils.events import get_event_storage
+
+from hpf.losses import GuidedLossScale, optimal_prior, prior_bias
+
+from .priors import anchors_for_image_size
+
+__all__ = ["SamplingFreeRPN"]
+
+
+class SamplingFreeRPN(RPN):
+    """
+    detectron2's ``RPN`` trained the Sampling-Free way:
+
+    * no sampling: ``_subsample_labels`` keeps every label (ignored anchors, -1, stay out);
+    * objectness: sigmoid CE summed over all valid anchors, divided by the number of positive
+      anchors, then rescaled by ``loss_balance`` against the box loss (guided loss scaling,
+      Eq. 7-8, ratio recomputed every iteration as the official RPN does);
+    * ``prior_prob``: the objectness bias b = -log((1 - pi) / pi) (Eq. 9-10). ``"auto"``
+      computes pi = N_f / N (one class) from the training data's anchor matching before
+      training (``hpf.modeling.priors``); a float sets it; None keeps detectron2's init (0).
+
+    The box loss stays detectron2's (smooth L1 over the positives, divided by
+    ``batch_size_per_image`` x images), so only the objectness changes against the baseline.
+    """
+
+    def __init__(
+        self,
+        *,
+        loss_balance: Optional[torch.nn.Module] = None,
+        prior_prob: Union[float, str, None] = "auto",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if prior_prob is not None and prior_prob != "auto" and not 0 < prior_prob < 1:
+            raise ValueError(f"prior_prob must be in (0, 1), 'auto' or None, got {prior_prob!r}")
+        self.loss_balance = GuidedLossScale(factor=1.0) if loss_balance is None else loss_balance
+        self.prior_prob = prior_prob
+        # (N_f, N) of the training data behind "auto"; kept in the checkpoint.
+        self.register_buffer("foreground_stats", torch.zeros(2, dtype=torch.float64))
+        if prior_prob not in (None, "auto"):
+            self._set_prior(float(prior_prob))
+
+    def _set_prior(self, pi):
+        torch.nn.init.constant_(self.rpn_head.objectness_logits.bias, prior_bias(pi))
+
+    def _subsample_labels(self, label):
+        return label  # Sampling-Free: all anchors train
+
+    def losses(self, anchors, pred_objectness_logits, gt_labels, pred_anchor_deltas, gt_boxes):
+        losses = super().losses(
+            anchors, pred_objectness_logits, gt_labels, pred_anchor_deltas, gt_boxes
+        )
+        # detectron2 divides both losses by batch_size_per_image x images; the objectness
+        # is divided by the number of positives instead.
+        num_pos = sum((x == 1).sum() for x in gt_labels).clamp(min=1)
+        loss_cls = losses["loss_rpn_cls"] * (self.batch_size_per_image * len(gt_labels) / num_pos)
+        losses["loss_rpn_cls"] = self.loss_balance(loss_cls, losses["loss_rpn_loc"])
+        storage = get_event_storage()
+        storage.put_scalar("rpn/guided_ratio", float(self.loss_balance.ratio))
+        pi = self._prior_value()
+        if pi is not None:
+            storage.put_scalar("rpn/prior_prob", pi)
+        return losses
+
+    def _prior_value(self):
+        if self.prior_prob == "auto":
+            n_f, n = self.foreground_stats.tolist()
+            return n_f / n if n > 0 else None
+        return self.prior_prob
+
+    # The foreground-statistics protocol of hpf.modeling.priors.
+    def needs_foreground_stats(self) -> bool:
+        return self.prior_prob == "auto"
+
+    def count_foreground(self, image_size, gt_instances, feature_shapes):
+        """(N_f, N) of one batch: anchors labelled 1 / not ignored by the RPN's matcher."""
+        strides = [feature_shapes[f].stride for f in self.in_features]
+        device = self.foreground_stats.device
+        anchors = anchors_for_image_size(self.anchor_generator, strides, image_size, device)
+        labels = torch.stack(self.label_and_sample_anchors(anchors, gt_instances)[0])
+        return (labels == 1).sum(), (labels >= 0).sum()
+
+    def set_foreground_stats(self, num_foreground, num_total):
+        self.foreground_stats.copy_(torch.tensor([num_foreground, num_total]))
+        if self.prior_prob == "auto":
+            self._set_prior(optimal_prior(num_foreground, num_total, 1))
+
+    def foreground_stats_record(self, num_foreground, num_total):
+        pi = optimal_prior(num_foreground, num_total, 1)
+        return {"num_classes": 1, "prior_prob": pi, "prior_bias": prior_bias(pi)}

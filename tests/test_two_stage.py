@@ -1,0 +1,295 @@
+"""Sampling-Free Faster / Cascade / Mask R-CNN: forward + backward + inference of every
+variant, empty and all-background images, the RoI heads training on all proposals, guided
+scaling at the loss-dict level, per-stage logs, the RPN's "auto" prior and the RoI heads'
+adaptive threshold."""
+import os
+import sys
+
+import pytest
+import torch
+from detectron2.config import LazyConfig, instantiate
+from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.utils.events import EventStorage
+
+from conftest import REPO
+from hpf.losses import prior_bias
+from hpf.modeling.priors import count_foreground_anchors, initialize_auto_priors
+
+sys.path.insert(0, os.path.join(REPO, "configs", "common", "models"))
+from sampling_free import use_sampling_free_roi_heads, use_sampling_free_rpn  # noqa: E402
+from small_resnet import use_small_resnet_rcnn  # noqa: E402
+
+NUM_CLASSES = 3
+# (architecture, Sampling-Free RPN, Sampling-Free RoI heads)
+VARIANTS = {
+    "faster": ("faster_rcnn", False, False),
+    "faster_sf_rpn": ("faster_rcnn", True, False),
+    "faster_sf_roi": ("faster_rcnn", False, True),
+    "faster_sf": ("faster_rcnn", True, True),
+    "cascade": ("cascade_rcnn", False, False),
+    "cascade_sf": ("cascade_rcnn", True, True),
+    "mask": ("mask_rcnn", False, False),
+    "mask_sf": ("mask_rcnn", True, True),
+}
+
+
+def tiny_rcnn_cfg(variant, rpn_prior=0.01, test_score_thresh=1e-3):
+    arch, sf_rpn, sf_roi = VARIANTS[variant]
+    cfg = LazyConfig.load(os.path.join(REPO, "configs", "common", "models", arch + ".py")).model
+    use_small_resnet_rcnn(cfg, widths=(8, 16, 32, 64), fpn_channels=32, fc_dim=64)
+    cfg.roi_heads.num_classes = NUM_CLASSES
+    cfg.proposal_generator.anchor_generator.sizes = [[16], [32], [64], [128], [256]]
+    if sf_rpn:
+        use_sampling_free_rpn(cfg, prior_prob=rpn_prior)
+    if sf_roi:
+        use_sampling_free_roi_heads(cfg, test_score_thresh=test_score_thresh)
+    return cfg
+
+
+def batch(num_boxes=(3, 0), size=128, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for n in num_boxes:
+        inst = Instances((size, size))
+        xy = torch.rand(n, 2, generator=gen) * size * 0.6
+        wh = torch.rand(n, 2, generator=gen) * size * 0.35 + 12
+        boxes = torch.cat([xy, (xy + wh).clamp(max=size - 1)], 1)
+        inst.gt_boxes = Boxes(boxes)
+        inst.gt_classes = torch.randint(0, NUM_CLASSES, (n,), generator=gen)
+        inst.gt_masks = BitMasks.from_polygon_masks(
+            [[b[[0, 1, 2, 1, 2, 3, 0, 3]].numpy()] for b in boxes], size, size
+        ) if n else BitMasks(torch.zeros(0, size, size, dtype=torch.bool))
+        image = torch.randint(0, 255, (3, size, size), generator=gen).float()
+        out.append({"image": image, "instances": inst, "height": size, "width": size})
+    return out
+
+
+def train_step(model, data):
+    model.train()
+    with EventStorage() as storage:
+        losses = model(data)
+        sum(losses.values()).backward()
+        logged = {k: v[0] for k, v in storage.latest().items()}
+    return losses, logged
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("num_boxes", [(3, 1), (0, 0)], ids=["instances", "empty"])
+def test_forward_backward_and_inference(variant, num_boxes):
+    torch.manual_seed(0)
+    model = instantiate(tiny_rcnn_cfg(variant))
+    losses, logged = train_step(model, batch(num_boxes))
+    for name, value in losses.items():
+        assert value.dim() == 0 and torch.isfinite(value), (name, value)
+    if VARIANTS[variant][0] == "mask_rcnn" and sum(num_boxes):
+        assert "loss_mask" in losses
+    # Gradients reach the RPN objectness and every box predictor.
+    assert model.proposal_generator.rpn_head.objectness_logits.weight.grad is not None
+    predictors = getattr(model.roi_heads, "box_predictor")
+    predictors = predictors if isinstance(predictors, torch.nn.ModuleList) else [predictors]
+    for predictor in predictors:
+        assert torch.isfinite(predictor.cls_score.weight.grad).all()
+    model.eval()
+    with torch.no_grad():
+        outputs = model(batch(num_boxes))
+    assert len(outputs) == len(num_boxes)
+    for out in outputs:
+        inst = out["instances"]
+        assert inst.pred_boxes.tensor.shape[1] == 4 and len(inst) <= 100
+        if VARIANTS[variant][0] == "mask_rcnn":
+            assert inst.has("pred_masks")
+
+
+@pytest.mark.parametrize("variant", ["faster_sf", "cascade_sf"])
+def test_all_background_proposals(variant):
+    """Proposals that all miss the ground truth (GT not appended): no box loss, so the guided
+    classification loss is 0 too (the ratio is 0), and everything stays finite."""
+    torch.manual_seed(0)
+    cfg = tiny_rcnn_cfg(variant)
+    cfg.roi_heads.proposal_append_gt = False
+    model = instantiate(cfg)
+    model.train()
+    data = batch((1,))
+    images = model.preprocess_image(data)
+    features = model.backbone(images.tensor)
+    targets = [Instances((128, 128), gt_boxes=Boxes(torch.tensor([[0.0, 0.0, 20.0, 20.0]])),
+                         gt_classes=torch.tensor([1]))]
+    proposals = Instances((128, 128))
+    proposals.proposal_boxes = Boxes(torch.tensor([[60.0, 60.0, 120.0, 120.0],
+                                                   [80.0, 30.0, 127.0, 90.0]]))
+    proposals.objectness_logits = torch.zeros(2)
+    with EventStorage() as storage:
+        _, losses = model.roi_heads(images, features, [proposals], targets)
+        logged = {k: v[0] for k, v in storage.latest().items()}
+    for name, value in losses.items():
+        assert torch.isfinite(value) and value.item() == 0.0, (name, value)
+    sum(losses.values()).backward()
+    prefix = "stage0/" if variant == "cascade_sf" else ""
+    assert logged[prefix + "roi_head/num_fg"] == 0 and logged[prefix + "roi_head/num_rois"] == 2
+
+
+@pytest.mark.parametrize("arch", ["faster", "cascade"])
+def test_roi_heads_train_on_all_proposals(arch):
+    """The baseline trains its RoI heads on 512 sampled proposals per image; Sampling-Free on
+    every proposal plus the ground truth (counted through the logged statistics)."""
+    data = batch((3, 2), size=256)
+    counts = {}
+    for variant in (arch, arch + "_sf"):
+        torch.manual_seed(0)
+        model = instantiate(tiny_rcnn_cfg(variant))
+        proposals = []
+        model.proposal_generator.register_forward_hook(
+            lambda module, inputs, output: proposals.extend(len(p) for p in output[0])
+        )
+        _, logged = train_step(model, data)
+        counts[variant] = (logged, sum(proposals) / len(data))
+    baseline, num_proposals = counts[arch]
+    assert num_proposals > 512  # more proposals than the baseline's sample
+    assert baseline["roi_head/num_fg_samples"] + baseline["roi_head/num_bg_samples"] == 512
+    sf, num_proposals = counts[arch + "_sf"]
+    prefix = "stage0/" if arch == "cascade" else ""
+    num_gt = (3 + 2) / len(data)
+    assert sf[prefix + "roi_head/num_rois"] == pytest.approx(num_proposals + num_gt)
+    assert sf["roi_head/num_fg_samples"] + sf["roi_head/num_bg_samples"] == pytest.approx(
+        num_proposals + num_gt)
+    # The RPN trains on every labelled anchor, not 256.
+    assert sf["rpn/num_pos_anchors"] + sf["rpn/num_neg_anchors"] > 256
+    assert baseline["rpn/num_pos_anchors"] + baseline["rpn/num_neg_anchors"] == 256
+
+
+def test_guided_scaling_at_the_loss_dict_level():
+    torch.manual_seed(0)
+    losses, logged = train_step(instantiate(tiny_rcnn_cfg("faster_sf")), batch((3, 1)))
+    assert losses["loss_box_reg"] > 0 and losses["loss_rpn_loc"] > 0
+    # RoI heads: factor 2 (conference paper Sec. 3.4); RPN: factor 1.
+    assert losses["loss_cls"].item() == pytest.approx(2 * losses["loss_box_reg"].item(), rel=1e-5)
+    assert losses["loss_rpn_cls"].item() == pytest.approx(losses["loss_rpn_loc"].item(), rel=1e-5)
+    assert logged["roi_head/guided_ratio"] > 0 and logged["rpn/guided_ratio"] > 0
+
+
+def test_cascade_stages_each_guided_by_their_own_box_loss():
+    torch.manual_seed(0)
+    losses, logged = train_step(instantiate(tiny_rcnn_cfg("cascade_sf")), batch((3, 1)))
+    ratios = []
+    for k in range(3):
+        cls, box = losses[f"loss_cls_stage{k}"].item(), losses[f"loss_box_reg_stage{k}"].item()
+        assert box > 0 and cls == pytest.approx(2 * box, rel=1e-5), k
+        ratios.append(logged[f"stage{k}/roi_head/guided_ratio"])
+        assert logged[f"stage{k}/roi_head/num_rois"] >= logged[f"stage{k}/roi_head/num_fg"]
+    assert len(set(ratios)) == 3 and min(ratios) > 0  # one ratio per stage
+
+
+def test_rpn_auto_prior_from_the_training_data(tmp_path):
+    torch.manual_seed(0)
+    model = instantiate(tiny_rcnn_cfg("faster_sf", rpn_prior="auto"))
+    rpn = model.proposal_generator
+    data = [batch((3, 2)), batch((1,), seed=1)]
+    n_f, n = count_foreground_anchors(model, data, num_images=3, module=rpn)
+    # By hand: the anchors of a real forward pass, labelled by the RPN's own matcher.
+    expected_f = expected_n = 0
+    for b in data:
+        images = model.preprocess_image(b)
+        features = model.backbone(images.tensor)
+        anchors = rpn.anchor_generator([features[f] for f in rpn.in_features])
+        labels = torch.stack(rpn.label_and_sample_anchors(anchors, [x["instances"] for x in b])[0])
+        expected_f += (labels == 1).sum().item()
+        expected_n += (labels >= 0).sum().item()
+    assert (n_f, n) == (expected_f, expected_n) and 0 < n_f < n
+    record = initialize_auto_priors(model, data, num_images=3, output_dir=str(tmp_path))
+    assert record["module"] == "proposal_generator" and record["prior_prob"] == pytest.approx(n_f / n)
+    bias = rpn.rpn_head.objectness_logits.bias
+    assert torch.allclose(bias, torch.full_like(bias, prior_bias(n_f / n)))
+    assert (tmp_path / "foreground_stats.json").is_file()
+    _, logged = train_step(model, data[0])
+    assert logged["rpn/prior_prob"] == pytest.approx(n_f / n)
+    fresh = instantiate(tiny_rcnn_cfg("faster_sf", rpn_prior="auto"))
+    fresh.load_state_dict(model.state_dict())
+    assert fresh.proposal_generator.foreground_stats.tolist() == [n_f, n]
+
+
+def test_explicit_rpn_prior_and_no_stats_needed():
+    model = instantiate(tiny_rcnn_cfg("faster_sf", rpn_prior=1e-3))
+    bias = model.proposal_generator.rpn_head.objectness_logits.bias
+    assert torch.allclose(bias, torch.full_like(bias, prior_bias(1e-3)))
+    assert initialize_auto_priors(model, [batch()], num_images=1) is None
+
+
+def test_roi_adaptive_threshold_from_training_statistics():
+    torch.manual_seed(0)
+    model = instantiate(tiny_rcnn_cfg("faster_sf", test_score_thresh="auto"))
+    predictor = model.roi_heads.box_predictor
+    model.eval()
+    with pytest.raises(RuntimeError, match="test_score_thresh='auto' needs"), torch.no_grad():
+        model(batch())
+    fg = total = 0
+    for seed in range(2):
+        _, logged = train_step(model, batch((3, 1), seed=seed))
+        fg += logged["roi_head/num_fg"] * 2
+        total += logged["roi_head/num_rois"] * 2
+    assert predictor.test_score_thresh == pytest.approx(fg / total)
+    model.eval()
+    with torch.no_grad():
+        model(batch())
+    fresh = instantiate(tiny_rcnn_cfg("faster_sf", test_score_thresh="auto"))
+    fresh.load_state_dict(model.state_dict())
+    assert fresh.roi_heads.box_predictor.test_score_thresh == pytest.approx(fg / total)
+
+
+def test_bad_arguments_are_named():
+    cfg = tiny_rcnn_cfg("faster_sf")
+    cfg.roi_heads.box_predictor.box_reg_normalizer = "anchors"
+    with pytest.raises(ValueError, match="box_reg_normalizer"):
+        instantiate(cfg)
+    cfg = tiny_rcnn_cfg("faster_sf", rpn_prior=1.5)
+    with pytest.raises(ValueError, match="prior_prob"):
+        instantiate(cfg)
+
+
+def fixed_proposals(data, num_random=200, seed=0):
+    """Jittered ground-truth boxes plus random boxes, the same at every step."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for x in data:
+        gt = x["instances"].gt_boxes.tensor
+        size = x["image"].shape[-1]
+        jittered = (gt.repeat(8, 1) + torch.randn(8 * len(gt), 4, generator=gen) * 4).clamp(0, size - 1)
+        xy = torch.rand(num_random, 2, generator=gen) * size * 0.7
+        random = torch.cat([xy, (xy + torch.rand(num_random, 2, generator=gen) * size * 0.3 + 4)
+                            .clamp(max=size - 1)], 1)
+        boxes = torch.cat([jittered, random])
+        inst = Instances((size, size), proposal_boxes=Boxes(boxes),
+                         objectness_logits=torch.zeros(len(boxes)))
+        out.append(inst)
+    return out
+
+
+@pytest.mark.parametrize("variant", ["faster", "faster_sf", "cascade", "cascade_sf"])
+def test_loss_decreases_when_fitting_one_batch(variant):
+    """A short training run: AdamW steps on one batch lower the total loss. The RoI heads get
+    fixed proposals: with guided scaling the loss values are (factor x) box losses averaged
+    over the foreground RoIs, and with the RPN's own proposals that foreground set changes
+    from step to step (at first only the appended ground truth, whose box targets are 0),
+    which moves the loss by itself. The Sampling-Free totals fall more slowly than the
+    baselines' (their value is the box losses alone, which a from-scratch head learns
+    slowly): 40 steps, 10 %."""
+    torch.manual_seed(0)
+    model = instantiate(tiny_rcnn_cfg(variant))
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4)
+    data = batch((4, 2))
+    proposals = fixed_proposals(data)
+    targets = [x["instances"] for x in data]
+    totals = []
+    with EventStorage() as storage:
+        for i in range(40):
+            storage.iter = i
+            images = model.preprocess_image(data)
+            features = model.backbone(images.tensor)
+            _, rpn_losses = model.proposal_generator(images, features, targets)
+            _, roi_losses = model.roi_heads(images, features, proposals, targets)
+            loss = sum(rpn_losses.values()) + sum(roi_losses.values())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            totals.append(loss.item())
+    assert sum(totals[-3:]) / 3 < 0.9 * sum(totals[:3]) / 3, totals
