@@ -159,3 +159,29 @@ def test_sampling_free_writes_foreground_stats_and_guided_ratio(datasets_root, t
     last = [m for m in read_metrics(tmp_path) if "total_loss" in m][-1]
     assert "guided_ratio" in last
     assert last["loss_cls"] == pytest.approx(last["loss_box_reg"], rel=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["faster_rcnn", "cascade_rcnn"])
+def test_shapes_rcnn_pair_trains_and_evaluates(arch, datasets_root, tmp_path):
+    """The embedded Faster / Cascade R-CNN pair: a few iterations of the baseline and of
+    Sampling-Free through train_net.py, evaluated; the Sampling-Free run logs the RPN prior,
+    the RPN and per-stage guided ratios and the RoIs it trained on (all proposals + GT, against
+    the baseline's 512 samples)."""
+    runs = {}
+    for variant in ("", "_sampling_free"):
+        out = tmp_path / (variant or "baseline")
+        config = os.path.join(REPO, "configs", "Shapes", f"{arch}_R18h_FPN{variant}.py")
+        run_train_net(["--config-file", config, *TINY_TRAIN, f"train.output_dir={out}",
+                       "train.max_iter=3", "train.foreground_stats_images=4"], datasets_root)
+        assert json.loads((out / "eval_shapes_tiny_val.json").read_text())["bbox"]
+        runs[variant] = [m for m in read_metrics(out) if "total_loss" in m][-1]
+    base, sf = runs[""], runs["_sampling_free"]
+    assert base["roi_head/num_fg_samples"] + base["roi_head/num_bg_samples"] == 512
+    stages = ["stage0/", "stage1/", "stage2/"] if arch == "cascade_rcnn" else [""]
+    for stage in stages:
+        assert sf[stage + "roi_head/guided_ratio"] > 0
+        assert sf[stage + "roi_head/num_rois"] > 512
+    assert sf["rpn/guided_ratio"] > 0 and 0 < sf["rpn/prior_prob"] < 0.01
+    stats = json.loads((tmp_path / "_sampling_free" / "foreground_stats.json").read_text())
+    assert stats["module"] == "proposal_generator"
+    assert stats["prior_prob"] == pytest.approx(stats["num_foreground_anchors"] / stats["num_anchors"])
