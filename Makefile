@@ -2,11 +2,11 @@
 VENV   ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP  := $(VENV)/.hpf-env-stamp
-DEMO_CONFIG ?= configs/Shapes/fcos_R18h_FPN_demo.py
+DEMO_CONFIG ?= configs/Shapes/atss_R18h_FPN_hpf_demo.py
 DEMO_OUT    ?= output/demo
 DEMO_OPTS   ?=
 
-.PHONY: setup test demo compare env clean-demo
+.PHONY: setup test demo compare compare-summary env clean-demo
 
 setup: $(STAMP)
 
@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(PYTHON) -m hpf.collect_env
 	$(PYTHON) -m pytest tests -q -ra --durations=15
 
-# Generates the shapes dataset if missing, trains FCOS-R18 on CPU, evaluates on shapes_val
+# Generates the shapes dataset if missing, trains ATSS with HPF (half-width ResNet-18 FPN) on CPU, evaluates on shapes_val
 # (--resume: a finished run is only re-evaluated, a killed one continues) and draws predictions on a few validation images into $(DEMO_OUT)/predictions.png.
 demo: $(STAMP)
 	$(PYTHON) -m hpf.data.shapes
@@ -47,3 +47,8 @@ compare: $(STAMP)
 	done
 	$(PYTHON) tools/compare_runs.py $(COMPARE_OUT)/seed$(COMPARE_SEED)/focal \
 	  $(COMPARE_OUT)/seed$(COMPARE_SEED)/hpf $(COMPARE_OUT)/seed$(COMPARE_SEED)/sampling_free
+
+# Every finished seed of `make compare` (COMPARE_SEED=0, 1, ...): rows, then mean and range.
+compare-summary: $(STAMP)
+	$(PYTHON) tools/compare_runs.py $(COMPARE_OUT)/seed*/focal $(COMPARE_OUT)/seed*/hpf \
+	  $(COMPARE_OUT)/seed*/sampling_free

@@ -3,7 +3,7 @@
 Trains and evaluates a detector described by a LazyConfig file (detectron2's
 tools/lazyconfig_train_net.py, with this project's additions).
 
-    python train_net.py --config-file configs/Shapes/fcos_R18h_FPN_demo.py
+    python train_net.py --config-file configs/Shapes/atss_R18h_FPN_hpf_demo.py
     python train_net.py --config-file CFG --num-gpus 8 train.output_dir=out
     python train_net.py --config-file CFG --eval-only train.init_checkpoint=out/model_final.pth
     python train_net.py --config-file CFG --resume            # continue from last_checkpoint

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO_CONFIG = os.path.join(REPO, "configs", "Shapes", "fcos_R18h_FPN_demo.py")
+DEMO_CONFIG = os.path.join(REPO, "configs", "Shapes", "fcos_R18h_FPN.py")
 
 # Keep tests light on a 2-core machine; detectors trained from scratch hit denormals.
 torch.set_num_threads(min(2, torch.get_num_threads()))

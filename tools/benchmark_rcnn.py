@@ -57,6 +57,8 @@ def worker(args):
     cfg = LazyConfig.load(os.path.join(REPO, "configs", "COCO-Detection", args.worker))
     if cfg.model.proposal_generator.get("prior_prob") == "auto":
         cfg.model.proposal_generator.prior_prob = 0.01  # no training data here; same cost
+    if args.post_nms_topk:
+        cfg.model.proposal_generator.post_nms_topk = (args.post_nms_topk, 1000)
     torch.manual_seed(0)
     model = instantiate(cfg.model).to(device).train()
     # Random weights give exploding box deltas, and the clipped, degenerate proposals get
@@ -100,6 +102,10 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    parser.add_argument("--models", nargs="+", default=["Faster R-CNN", "Cascade R-CNN"],
+                        choices=["Faster R-CNN", "Cascade R-CNN"])
+    parser.add_argument("--post-nms-topk", type=int, default=None,
+                        help="override the RPN's training post-NMS top-k per image")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -109,12 +115,16 @@ def main(argv=None):
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
 
-    runs = {key: [] for key in CONFIGS}
+    runs = {key: [] for key in CONFIGS if key[0] in args.models}
     for _ in range(args.rounds):
         for key, config in CONFIGS.items():
+            if key[0] not in args.models:
+                continue
             cmd = [sys.executable, os.path.abspath(__file__), "--worker", config]
             for name in ("height", "width", "reps", "threads", "device"):
                 cmd += [f"--{name}", str(getattr(args, name))]
+            if args.post_nms_topk:
+                cmd += ["--post-nms-topk", str(args.post_nms_topk)]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO)
             runs[key].append(json.loads(out.stdout.strip().splitlines()[-1]))
 
@@ -125,7 +135,7 @@ def main(argv=None):
     mem_col = "CUDA max allocated MB" if cuda else "peak RSS MB"
     print(f"| model | sampling | RoIs / image | ms / step | x baseline | {mem_col} | x baseline |")
     print("|---|---|---:|---:|---:|---:|---:|")
-    for model in ("Faster R-CNN", "Cascade R-CNN"):
+    for model in args.models:
         base = None
         for variant in ("baseline", "Sampling-Free"):
             results = runs[(model, variant)]

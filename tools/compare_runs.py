@@ -2,7 +2,10 @@
 """
 Prints the COCO box AP of several finished runs side by side, as a markdown table.
 
-    python tools/compare_runs.py output/compare/focal output/compare/hpf ...
+    python tools/compare_runs.py output/compare/seed0/focal output/compare/seed0/hpf ...
+
+Runs whose directories share a name (the same config over several seeds, e.g.
+output/compare/seed*/hpf) are also summarised: mean and range (min-max) over the seeds.
 """
 import argparse
 import glob
@@ -30,6 +33,18 @@ def main(argv=None):
     print("|---|" + "---:|" * len(METRICS))
     for name, ap in rows:
         print(f"| {name} | " + " | ".join(f"{ap[m]:.1f}" for m in METRICS) + " |")
+    groups = {}
+    for name, ap in rows:
+        groups.setdefault(name, []).append(ap)
+    if any(len(g) > 1 for g in groups.values()):
+        print("\n| run | seeds | " + " | ".join(f"{m} mean (min-max)" for m in METRICS) + " |")
+        print("|---|---:|" + "---:|" * len(METRICS))
+        for name, aps in groups.items():
+            cells = []
+            for m in METRICS:
+                values = [ap[m] for ap in aps]
+                cells.append(f"{sum(values) / len(values):.1f} ({min(values):.1f}-{max(values):.1f})")
+            print(f"| {name} | {len(aps)} | " + " | ".join(cells) + " |")
     return 0
 
 

@@ -4,8 +4,8 @@ from ..common.data.shapes import dataloader
 from ..common.models.atss import model
 from ..common.models.small_resnet import use_small_resnet_fpn
 from ..common.optim import AdamW as optimizer
-from ..common.schedules import multistep
-from ..common.train import train
+from ..common.schedules import cpu_schedule
+from ..common.train_cpu import train
 
 use_small_resnet_fpn(model)
 model.num_classes = 4
@@ -19,13 +19,6 @@ model.test_score_thresh = 0.05
 optimizer.lr = 2e-3
 
 train.max_iter = 700
-train.device = "cpu"
-train.seed = 0
-train.eval_period = 0  # evaluated once at the end
-train.log_period = 20
-train.checkpointer.period = 100
 train.output_dir = "output/shapes_atss_focal"
 
-lr_multiplier = multistep(
-    train.max_iter, [int(0.8 * train.max_iter), int(0.93 * train.max_iter)], warmup_iters=50
-)
+lr_multiplier = cpu_schedule(train.max_iter)

@@ -5,8 +5,8 @@ from ..common.data.shapes import dataloader
 from ..common.models.faster_rcnn import model
 from ..common.models.small_resnet import use_small_resnet_rcnn
 from ..common.optim import AdamW as optimizer
-from ..common.schedules import multistep
-from ..common.train import train
+from ..common.schedules import cpu_schedule
+from ..common.train_cpu import train
 
 use_small_resnet_rcnn(model)
 model.roi_heads.num_classes = 4
@@ -16,13 +16,6 @@ model.proposal_generator.anchor_generator.sizes = [[16], [32], [64], [128], [256
 optimizer.lr = 2e-3
 
 train.max_iter = 600
-train.device = "cpu"
-train.seed = 0
-train.eval_period = 0  # evaluated once at the end
-train.log_period = 20
-train.checkpointer.period = 100
 train.output_dir = "output/shapes_faster_rcnn"
 
-lr_multiplier = multistep(
-    train.max_iter, [int(0.8 * train.max_iter), int(0.93 * train.max_iter)], warmup_iters=50
-)
+lr_multiplier = cpu_schedule(train.max_iter)

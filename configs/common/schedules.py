@@ -27,3 +27,8 @@ def multistep(max_iter, steps, warmup_iters=500, warmup_factor=0.001, gamma=0.1)
 lr_multiplier_1x = multistep(90000, [60000, 80000])
 lr_multiplier_1_5x = multistep(132000, [88000, 117300])
 lr_multiplier_2x = multistep(176000, [117300, 161300])
+
+
+def cpu_schedule(max_iter):
+    """The short CPU runs on the shapes dataset: x0.1 at 80% and 93%, 50 warm-up iterations."""
+    return multistep(max_iter, [int(0.8 * max_iter), int(0.93 * max_iter)], warmup_iters=50)
