@@ -4,9 +4,13 @@ Times one training step (forward + backward) of ATSS R-50-FPN on one image with 
 classification loss, as a ratio to the focal-loss step of the same model measured in the same
 run, and the ATSS step against detectron2-style FCOS with the same backbone.
 
-    python tools/benchmark_detectors.py [--size 512] [--reps 5] [--threads 2] [--device cpu]
+    python tools/benchmark_detectors.py [--size 512] [--reps 5] [--rounds 2] [--threads 2]
+                                        [--device cpu]
 
-Prints a markdown table; the medians of ``--reps`` steps after one warm-up step.
+Prints a markdown table: per model, the median over ``--rounds`` rounds of the median of
+``--reps`` steps after one warm-up step. A throw-away model runs first (the first model of a
+process is otherwise measured slower), and the rounds visit the models in turn, so no model
+gets a fixed position in the run.
 """
 import argparse
 import os
@@ -88,6 +92,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
@@ -96,26 +101,37 @@ def main(argv=None):
     device = torch.device(args.device)
     data = make_batch(args.size, device)
 
-    print(f"ATSS R-50-FPN, one {args.size}x{args.size} image, {device.type}, "
-          f"{args.threads} threads, median of {args.reps} forward+backward steps\n")
-    print("| classification loss | ms / step | x focal |")
-    print("|---|---:|---:|")
-    results = {}
-    for name, (cls, kwargs) in LOSSES.items():
+    def atss(name):
+        cls, kwargs = LOSSES[name]
         extra = {"cls_loss": cls(**kwargs)}
         if name == "Sampling-Free":
             extra["loss_balance"] = GuidedLossScale()
-        model = build("configs/COCO-Detection/atss_R_50_FPN_1x.py", device, **extra)
-        results[name] = time_steps(model, data, args.reps, device)
-        print(f"| {name} | {1000 * results[name]:.0f} | {results[name] / results['focal']:.3f} |")
+        return build("configs/COCO-Detection/atss_R_50_FPN_1x.py", device, **extra)
 
-    fcos = time_steps(build("configs/COCO-Detection/fcos_R_50_FPN_1x.py", device,
-                            backbone=LazyConfig.load(os.path.join(
-                                REPO, "configs/COCO-Detection/atss_R_50_FPN_1x.py")).model.backbone),
-                      data, args.reps, device)
+    def fcos():
+        atss_backbone = LazyConfig.load(
+            os.path.join(REPO, "configs/COCO-Detection/atss_R_50_FPN_1x.py")).model.backbone
+        return build("configs/COCO-Detection/fcos_R_50_FPN_1x.py", device, backbone=atss_backbone)
+
+    time_steps(atss("focal"), data, 1, device)  # warm-up of the process, not reported
+    models = {name: (lambda name=name: atss(name)) for name in LOSSES}
+    models["FCOS"] = fcos
+    times = {name: [] for name in models}
+    for _ in range(args.rounds):
+        for name, make in models.items():
+            times[name].append(time_steps(make(), data, args.reps, device))
+    results = {name: statistics.median(t) for name, t in times.items()}
+
+    print(f"ATSS R-50-FPN, one {args.size}x{args.size} image, {device.type}, "
+          f"{args.threads} threads, median over {args.rounds} rounds of the median of "
+          f"{args.reps} forward+backward steps\n")
+    print("| classification loss | ms / step | x focal |")
+    print("|---|---:|---:|")
+    for name in LOSSES:
+        print(f"| {name} | {1000 * results[name]:.0f} | {results[name] / results['focal']:.3f} |")
     print(f"\nATSS (focal) {1000 * results['focal']:.0f} ms vs FCOS (same R-50 pytorch-style "
-          f"backbone, P6/P7 from P5) {1000 * fcos:.0f} ms: ATSS / FCOS = "
-          f"{results['focal'] / fcos:.3f}")
+          f"backbone, P6/P7 from P5) {1000 * results['FCOS']:.0f} ms: ATSS / FCOS = "
+          f"{results['focal'] / results['FCOS']:.3f}")
 
 
 if __name__ == "__main__":
