@@ -49,15 +49,11 @@ class SamplingFreeFastRCNNOutputLayers(FastRCNNOutputLayers):
             raise ValueError(
                 f"box_reg_normalizer must be 'foreground' or 'rois', got {box_reg_normalizer!r}"
             )
-        auto = test_score_thresh == "auto"
-        super().__init__(input_shape, test_score_thresh=0.0 if auto else test_score_thresh,
-                         **kwargs)
+        super().__init__(input_shape, test_score_thresh=test_score_thresh, **kwargs)
         self.loss_balance = GuidedLossScale(factor=2.0) if loss_balance is None else loss_balance
         self.box_reg_normalizer = box_reg_normalizer
-        self.auto_test_score_thresh = auto
-        if auto:
-            self.test_score_thresh = None  # set from the training statistics
-        # (foreground RoIs, RoIs) this stage trained on, summed over iterations and processes.
+        # (foreground RoIs, RoIs) this stage trained on, summed over iterations and processes:
+        # what test_score_thresh="auto" reads.
         self.register_buffer("foreground_stats", torch.zeros(2, dtype=torch.float64))
 
     def losses(self, predictions, proposals):
@@ -83,25 +79,20 @@ class SamplingFreeFastRCNNOutputLayers(FastRCNNOutputLayers):
         if comm.get_world_size() > 1:
             torch.distributed.all_reduce(counts)
         self.foreground_stats += counts
-        self._apply_auto_threshold()
 
-    def _apply_auto_threshold(self):
-        if self.auto_test_score_thresh and self.foreground_stats[1] > 0:
-            self.test_score_thresh = adaptive_threshold(*self.foreground_stats.tolist())
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        super()._load_from_state_dict(*args, **kwargs)
-        self._apply_auto_threshold()
-
-    # A property so that every reader (also CascadeROIHeads' inference) gets the check.
+    # A property so that every reader (also CascadeROIHeads' inference) gets the adaptive
+    # value, computed when read (at inference) rather than kept up to date every iteration.
     @property
     def test_score_thresh(self):
-        if self._test_score_thresh is None:
+        if self._test_score_thresh != "auto":
+            return self._test_score_thresh
+        num_fg, num_rois = self.foreground_stats.tolist()
+        if num_rois <= 0:
             raise RuntimeError(
                 "test_score_thresh='auto' needs the RoI statistics of training: load a "
                 "checkpoint trained with it, or set a float test_score_thresh."
             )
-        return self._test_score_thresh
+        return adaptive_threshold(num_fg, num_rois)
 
     @test_score_thresh.setter
     def test_score_thresh(self, value):
