@@ -64,6 +64,8 @@ def make_batch(size, device, num_boxes=10, seed=0):
 
 
 def time_steps(model, data, reps, device):
+    """Median time of ``reps`` forward+backward steps after one warm-up step, and the
+    scalars the last step logged."""
     model.train()
     times = []
     with EventStorage() as storage:
@@ -77,7 +79,8 @@ def time_steps(model, data, reps, device):
             if device.type == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
+        logged = {k: v[0] for k, v in storage.latest().items()}
+    return statistics.median(times[1:]), logged
 
 
 def build(config, device, **overrides):
@@ -119,7 +122,7 @@ def main(argv=None):
     times = {name: [] for name in models}
     for _ in range(args.rounds):
         for name, make in models.items():
-            times[name].append(time_steps(make(), data, args.reps, device))
+            times[name].append(time_steps(make(), data, args.reps, device)[0])
     results = {name: statistics.median(t) for name, t in times.items()}
 
     print(f"ATSS R-50-FPN, one {args.size}x{args.size} image, {device.type}, "

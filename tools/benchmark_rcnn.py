@@ -19,7 +19,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {
@@ -48,8 +47,8 @@ def make_batch(height, width, device, num_boxes=10, seed=0):
 def worker(args):
     """Builds one model, times ``reps`` steps after one warm-up, prints a JSON line."""
     import torch
+    from benchmark_detectors import time_steps
     from detectron2.config import LazyConfig, instantiate
-    from detectron2.utils.events import EventStorage
 
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
@@ -68,26 +67,14 @@ def worker(args):
     torch.nn.init.zeros_(model.proposal_generator.rpn_head.anchor_deltas.bias)
     data = make_batch(args.height, args.width, device)
     rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    times, rois = [], []
-    with EventStorage() as storage:
-        for i in range(args.reps + 1):
-            storage.iter = i
-            model.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-            start = time.perf_counter()
-            sum(model(data).values()).backward()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-            latest = storage.latest()
-            rois.append(latest["roi_head/num_fg_samples"][0] + latest["roi_head/num_bg_samples"][0])
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    step, logged = time_steps(model, data, args.reps, device)
     result = {
-        "step_s": statistics.median(times[1:]),
+        "step_s": step,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "rss_before_steps_mb": rss_model / 1024,
-        "rois_per_image": rois[-1],
+        "rois_per_image": logged["roi_head/num_fg_samples"] + logged["roi_head/num_bg_samples"],
     }
     if device.type == "cuda":
         result["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
