@@ -240,9 +240,11 @@ def test_bad_arguments_are_named():
     cfg.roi_heads.box_predictor.box_reg_normalizer = "anchors"
     with pytest.raises(ValueError, match="box_reg_normalizer"):
         instantiate(cfg)
-    cfg = tiny_rcnn_cfg("faster_sf", rpn_prior=1.5)
-    with pytest.raises(ValueError, match="prior_prob"):
-        instantiate(cfg)
+    for prior in (1.5, "atuo"):
+        with pytest.raises(ValueError, match="prior_prob"):
+            instantiate(tiny_rcnn_cfg("faster_sf", rpn_prior=prior))
+    with pytest.raises(ValueError, match="test_score_thresh"):
+        instantiate(tiny_rcnn_cfg("faster_sf", test_score_thresh="adaptive"))
 
 
 def fixed_proposals(data, num_random=200, seed=0):

@@ -49,6 +49,10 @@ class SamplingFreeFastRCNNOutputLayers(FastRCNNOutputLayers):
             raise ValueError(
                 f"box_reg_normalizer must be 'foreground' or 'rois', got {box_reg_normalizer!r}"
             )
+        if test_score_thresh != "auto" and not isinstance(test_score_thresh, (int, float)):
+            raise ValueError(
+                f"test_score_thresh must be a number or 'auto', got {test_score_thresh!r}"
+            )
         super().__init__(input_shape, test_score_thresh=test_score_thresh, **kwargs)
         self.loss_balance = GuidedLossScale(factor=2.0) if loss_balance is None else loss_balance
         self.box_reg_normalizer = box_reg_normalizer

@@ -39,7 +39,9 @@ class SamplingFreeRPN(RPN):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if prior_prob is not None and prior_prob != "auto" and not 0 < prior_prob < 1:
+        if prior_prob not in (None, "auto") and (
+            not isinstance(prior_prob, (int, float)) or not 0 < prior_prob < 1
+        ):
             raise ValueError(f"prior_prob must be in (0, 1), 'auto' or None, got {prior_prob!r}")
         self.loss_balance = GuidedLossScale(factor=1.0) if loss_balance is None else loss_balance
         self.prior_prob = prior_prob
