@@ -1,0 +1,84 @@
+"""The benchmark scripts run end to end on a tiny input and print a complete, consistent table."""
+import os
+import re
+import sys
+
+TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
+sys.path.insert(0, TOOLS)
+
+import benchmark_detectors  # noqa: E402
+
+
+def test_benchmark_detectors_prints_every_loss_with_paired_ratios(capsys):
+    benchmark_detectors.main(["--size", "64", "--reps", "1", "--rounds", "2", "--loss-reps", "2",
+                              "--threads", "1", "--device", "cpu"])
+    out = capsys.readouterr().out
+    rows = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 6 and cells[0] in benchmark_detectors.LOSSES:
+            rows[cells[0]] = cells
+    assert set(rows) == set(benchmark_detectors.LOSSES)
+    assert float(rows["focal"][2]) == 1.0
+    assert rows["focal"][5] == "+0.00%"
+    for name, (_, step_ms, ratio, spread, loss_ms, extra) in rows.items():
+        low, high = (float(x) for x in spread.split("-"))
+        assert 0 < low <= float(ratio) <= high, name  # the median lies within the pairs
+        assert float(step_ms) > 0 and float(loss_ms) > 0, name
+        assert re.fullmatch(r"[+-]\d+\.\d\d%", extra), name
+    match = re.search(r"ATSS / FCOS = (\d+\.\d+)", out)
+    assert match and float(match.group(1)) > 0
+
+
+def test_recorded_loss_inputs_are_detached_copies():
+    import torch
+    from hpf.losses import FocalLoss
+
+    loss = benchmark_detectors.record_inputs(FocalLoss())
+    logits = [torch.randn(1, 6, 3, requires_grad=True), torch.randn(1, 2, 3, requires_grad=True)]
+    targets = [torch.zeros(1, 6, 3), torch.zeros(1, 2, 3)]
+    value = loss(logits, targets, 1.0)
+    value.backward()  # the recording does not cut the graph
+    assert logits[0].grad is not None
+    recorded, rec_targets, normalizer, valid = loss.inputs
+    assert all(not r.requires_grad for r in recorded) and normalizer == 1.0 and valid is None
+    assert torch.equal(recorded[1], logits[1].detach()) and rec_targets is targets
+    alone = benchmark_detectors.time_loss_alone(loss, 2, torch.device("cpu"))
+    assert alone > 0
+    assert torch.allclose(loss(recorded, targets, 1.0), value)  # same inputs, same value
+
+
+
+def test_benchmark_rcnn_prints_time_and_memory_ratios(capsys):
+    import benchmark_rcnn
+
+    benchmark_rcnn.main(["--height", "160", "--width", "224", "--pairs", "2", "--rounds", "1",
+                         "--threads", "1", "--device", "cpu", "--models", "Cascade R-CNN",
+                         "--post-nms-topk", "50"])
+    out = capsys.readouterr().out
+    rows = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 8 and cells[0] == "Cascade R-CNN":
+            rows[cells[1]] = cells
+    assert set(rows) == {"baseline", "Sampling-Free"}
+    assert float(rows["baseline"][4]) == 1.0 and float(rows["baseline"][7]) == 1.0
+    # 50 proposals + 10 ground-truth boxes: fewer than the baseline's 512, so both train on
+    # all of them (the counts with more proposals are tested in test_two_stage.py).
+    assert float(rows["Sampling-Free"][2]) == float(rows["baseline"][2]) == 60
+    low, high = (float(x) for x in rows["Sampling-Free"][5].split("-"))
+    assert 0 < low <= float(rows["Sampling-Free"][4]) <= high
+    assert float(rows["Sampling-Free"][6]) > 0
+
+
+def test_benchmark_rcnn_zeroes_every_box_delta_layer():
+    import benchmark_rcnn
+    import torch
+
+    model = benchmark_rcnn.build_model("cascade_rcnn_R_50_FPN_1x.py", torch.device("cpu"))
+    layers = [model.proposal_generator.rpn_head.anchor_deltas]
+    layers += [p.bbox_pred for p in model.roi_heads.box_predictor]
+    assert len(layers) == 4
+    for layer in layers:
+        assert not layer.weight.any() and not layer.bias.any()
+        assert layer.weight.requires_grad
