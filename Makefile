@@ -6,7 +6,7 @@ DEMO_CONFIG ?= configs/Shapes/atss_R18h_FPN_hpf_demo.py
 DEMO_OUT    ?= output/demo
 DEMO_OPTS   ?=
 
-.PHONY: setup test demo compare compare-summary env clean-demo
+.PHONY: setup test demo compare compare-summary compare-rcnn env clean-demo
 
 setup: $(STAMP)
 
@@ -52,3 +52,17 @@ compare: $(STAMP)
 compare-summary: $(STAMP)
 	$(PYTHON) tools/compare_runs.py $(COMPARE_OUT)/seed*/focal $(COMPARE_OUT)/seed*/hpf \
 	  $(COMPARE_OUT)/seed*/sampling_free
+
+# Faster R-CNN (or RCNN=cascade_rcnn) with biased sampling vs Sampling-Free on the shapes
+# dataset, same budget and seed; prints their AP side by side.
+RCNN ?= faster_rcnn
+compare-rcnn: $(STAMP)
+	$(PYTHON) -m hpf.data.shapes
+	for variant in "" _sampling_free; do \
+	  OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(nproc)} $(PYTHON) train_net.py \
+	    --config-file configs/Shapes/$(RCNN)_R18h_FPN$$variant.py --resume \
+	    train.seed=$(COMPARE_SEED) \
+	    train.output_dir=$(COMPARE_OUT)/seed$(COMPARE_SEED)/$(RCNN)$$variant || exit 1; \
+	done
+	$(PYTHON) tools/compare_runs.py $(COMPARE_OUT)/seed$(COMPARE_SEED)/$(RCNN) \
+	  $(COMPARE_OUT)/seed$(COMPARE_SEED)/$(RCNN)_sampling_free

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from detectron2.config import LazyConfig
 
 from conftest import DEMO_CONFIG, REPO, TINY_TRAIN, free_port, run_train_net
 
@@ -166,8 +167,10 @@ def test_shapes_rcnn_pair_trains_and_evaluates(arch, datasets_root, tmp_path):
     """The embedded Faster / Cascade R-CNN pair: a few iterations of the baseline and of
     Sampling-Free through train_net.py, evaluated; the Sampling-Free run logs the RPN prior,
     the RPN and per-stage guided ratios and the RoIs it trained on (all proposals + GT, against
-    the baseline's 512 samples)."""
+    the baseline's samples)."""
     runs = {}
+    sampled = LazyConfig.load(os.path.join(REPO, "configs", "Shapes", f"{arch}_R18h_FPN.py"))
+    sampled = sampled.model.roi_heads.batch_size_per_image
     for variant in ("", "_sampling_free"):
         out = tmp_path / (variant or "baseline")
         config = os.path.join(REPO, "configs", "Shapes", f"{arch}_R18h_FPN{variant}.py")
@@ -176,11 +179,11 @@ def test_shapes_rcnn_pair_trains_and_evaluates(arch, datasets_root, tmp_path):
         assert json.loads((out / "eval_shapes_tiny_val.json").read_text())["bbox"]
         runs[variant] = [m for m in read_metrics(out) if "total_loss" in m][-1]
     base, sf = runs[""], runs["_sampling_free"]
-    assert base["roi_head/num_fg_samples"] + base["roi_head/num_bg_samples"] == 512
+    assert base["roi_head/num_fg_samples"] + base["roi_head/num_bg_samples"] == sampled
     stages = ["stage0/", "stage1/", "stage2/"] if arch == "cascade_rcnn" else [""]
     for stage in stages:
         assert sf[stage + "roi_head/guided_ratio"] > 0
-        assert sf[stage + "roi_head/num_rois"] > 512
+        assert sf[stage + "roi_head/num_rois"] > sampled
     assert sf["rpn/guided_ratio"] > 0 and 0 < sf["rpn/prior_prob"] < 0.01
     stats = json.loads((tmp_path / "_sampling_free" / "foreground_stats.json").read_text())
     assert stats["module"] == "proposal_generator"
