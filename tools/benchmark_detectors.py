@@ -4,8 +4,8 @@ Times one training step (forward + backward) of ATSS R-50-FPN on one image with 
 classification loss, as a ratio to the focal-loss step of the same model measured in the same
 run, and the ATSS step against detectron2-style FCOS with the same backbone.
 
-    python tools/benchmark_detectors.py [--size 512] [--reps 5] [--rounds 2] [--threads 2]
-                                        [--device cpu]
+    python tools/benchmark_detectors.py [--size 512] [--reps 5] [--rounds 2] [--loss-reps 20]
+                                        [--threads 2] [--device cpu]
 
 Per loss, one ATSS model runs alternately with focal loss and with that loss (the loss is a
 constructor argument, swapped between steps): each pair of adjacent steps gives one ratio, and
