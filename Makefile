@@ -38,12 +38,14 @@ clean-demo:
 # (about 10 minutes each on 2 CPU cores); prints their AP side by side.
 COMPARE_OUT  ?= output/compare
 COMPARE_SEED ?= 0
+# One seeded, resumable training run of a comparison: $(call shapes_run,CONFIG,RUN_NAME).
+shapes_run = OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(nproc)} $(PYTHON) train_net.py \
+  --config-file $(1) --resume train.seed=$(COMPARE_SEED) \
+  train.output_dir=$(COMPARE_OUT)/seed$(COMPARE_SEED)/$(2)
 compare: $(STAMP)
 	$(PYTHON) -m hpf.data.shapes
 	for loss in focal hpf sampling_free; do \
-	  OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(nproc)} $(PYTHON) train_net.py \
-	    --config-file configs/Shapes/atss_R18h_FPN_$$loss.py --resume train.seed=$(COMPARE_SEED) \
-	    train.output_dir=$(COMPARE_OUT)/seed$(COMPARE_SEED)/$$loss || exit 1; \
+	  $(call shapes_run,configs/Shapes/atss_R18h_FPN_$$loss.py,$$loss) || exit 1; \
 	done
 	$(PYTHON) tools/compare_runs.py $(COMPARE_OUT)/seed$(COMPARE_SEED)/focal \
 	  $(COMPARE_OUT)/seed$(COMPARE_SEED)/hpf $(COMPARE_OUT)/seed$(COMPARE_SEED)/sampling_free
@@ -59,10 +61,7 @@ RCNN ?= faster_rcnn
 compare-rcnn: $(STAMP)
 	$(PYTHON) -m hpf.data.shapes
 	for variant in "" _sampling_free; do \
-	  OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(nproc)} $(PYTHON) train_net.py \
-	    --config-file configs/Shapes/$(RCNN)_R18h_FPN$$variant.py --resume \
-	    train.seed=$(COMPARE_SEED) \
-	    train.output_dir=$(COMPARE_OUT)/seed$(COMPARE_SEED)/$(RCNN)$$variant || exit 1; \
+	  $(call shapes_run,configs/Shapes/$(RCNN)_R18h_FPN$$variant.py,$(RCNN)$$variant) || exit 1; \
 	done
 	$(PYTHON) tools/compare_runs.py $(COMPARE_OUT)/seed$(COMPARE_SEED)/$(RCNN) \
 	  $(COMPARE_OUT)/seed$(COMPARE_SEED)/$(RCNN)_sampling_free

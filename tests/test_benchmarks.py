@@ -9,15 +9,18 @@ sys.path.insert(0, TOOLS)
 import benchmark_detectors  # noqa: E402
 
 
+def table_rows(out, num_cells):
+    """The cells of every markdown table row of ``out`` that has ``num_cells`` cells."""
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.splitlines()
+            if line.startswith("|")]
+    return [r for r in rows if len(r) == num_cells]
+
+
 def test_benchmark_detectors_prints_every_loss_with_paired_ratios(capsys):
     benchmark_detectors.main(["--size", "64", "--reps", "1", "--rounds", "2", "--loss-reps", "2",
                               "--threads", "1", "--device", "cpu"])
     out = capsys.readouterr().out
-    rows = {}
-    for line in out.splitlines():
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        if len(cells) == 6 and cells[0] in benchmark_detectors.LOSSES:
-            rows[cells[0]] = cells
+    rows = {r[0]: r for r in table_rows(out, 6) if r[0] in benchmark_detectors.LOSSES}
     assert set(rows) == set(benchmark_detectors.LOSSES)
     assert float(rows["focal"][2]) == 1.0
     assert rows["focal"][5] == "+0.00%"
@@ -56,11 +59,7 @@ def test_benchmark_rcnn_prints_time_and_memory_ratios(capsys):
                          "--threads", "1", "--device", "cpu", "--models", "Cascade R-CNN",
                          "--post-nms-topk", "50"])
     out = capsys.readouterr().out
-    rows = {}
-    for line in out.splitlines():
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        if len(cells) == 8 and cells[0] == "Cascade R-CNN":
-            rows[cells[1]] = cells
+    rows = {r[1]: r for r in table_rows(out, 8) if r[0] == "Cascade R-CNN"}
     assert set(rows) == {"baseline", "Sampling-Free"}
     assert float(rows["baseline"][4]) == 1.0 and float(rows["baseline"][7]) == 1.0
     # 50 proposals + 10 ground-truth boxes: fewer than the baseline's 512, so both train on

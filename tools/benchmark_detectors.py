@@ -59,15 +59,17 @@ LOSSES = {
 }
 
 
-def make_batch(size, device, num_boxes=10, seed=0):
+def make_batch(height, width, device, num_boxes=10, max_box_fraction=0.3, seed=0):
+    """One random image with ``num_boxes`` random boxes of 80 classes, as a one-image batch."""
     gen = torch.Generator().manual_seed(seed)
-    inst = Instances((size, size))
+    inst = Instances((height, width))
+    size = torch.tensor([width, height], dtype=torch.float32)
     xy = torch.rand(num_boxes, 2, generator=gen) * size * 0.7
-    wh = torch.rand(num_boxes, 2, generator=gen) * size * 0.3 + 16
-    inst.gt_boxes = Boxes(torch.cat([xy, (xy + wh).clamp(max=size - 1)], 1))
+    wh = torch.rand(num_boxes, 2, generator=gen) * size * max_box_fraction + 16
+    inst.gt_boxes = Boxes(torch.cat([xy, torch.minimum(xy + wh, size - 1)], 1))
     inst.gt_classes = torch.randint(0, 80, (num_boxes,), generator=gen)
-    image = torch.randint(0, 255, (3, size, size), generator=gen).to(torch.uint8)
-    return [{"image": image.to(device), "instances": inst}]
+    image = torch.randint(0, 255, (3, height, width), generator=gen).to(torch.uint8)
+    return [{"image": image.to(device), "instances": inst.to(device)}]
 
 
 def timed(fn, device):
@@ -178,7 +180,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     device = torch.device(args.device)
-    data = make_batch(args.size, device)
+    data = make_batch(args.size, args.size, device)
 
     def fcos():
         atss_backbone = LazyConfig.load(

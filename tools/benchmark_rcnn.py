@@ -38,21 +38,6 @@ VARIANTS = {
 }
 
 
-def make_batch(height, width, device, num_boxes=10, seed=0):
-    import torch
-    from detectron2.structures import Boxes, Instances
-
-    gen = torch.Generator().manual_seed(seed)
-    inst = Instances((height, width))
-    size = torch.tensor([width, height], dtype=torch.float32)
-    xy = torch.rand(num_boxes, 2, generator=gen) * size * 0.7
-    wh = torch.rand(num_boxes, 2, generator=gen) * size * 0.25 + 16
-    inst.gt_boxes = Boxes(torch.cat([xy, torch.minimum(xy + wh, size - 1)], 1))
-    inst.gt_classes = torch.randint(0, 80, (num_boxes,), generator=gen)
-    image = torch.randint(0, 255, (3, height, width), generator=gen).to(torch.uint8)
-    return [{"image": image.to(device), "instances": inst.to(device)}]
-
-
 def build_model(config, device, post_nms_topk=None):
     import torch
     from detectron2.config import LazyConfig, instantiate
@@ -86,12 +71,12 @@ def rois_per_image(logged):
 def memory_worker(args):
     """Builds one model, runs one warm-up step and one step, prints its peak memory as JSON."""
     import torch
-    from benchmark_detectors import time_steps
+    from benchmark_detectors import make_batch, time_steps
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     model = build_model(args.worker, device, args.post_nms_topk)
-    data = make_batch(args.height, args.width, device)
+    data = make_batch(args.height, args.width, device, max_box_fraction=0.25)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     logged = time_steps(model, data, 1, device)[1]
@@ -105,13 +90,13 @@ def memory_worker(args):
 def paired_times(args, configs):
     """Per variant: step times and per-pair ratios against the baseline, stepping in turn."""
     import torch
-    from benchmark_detectors import alternate, one_step
+    from benchmark_detectors import alternate, make_batch, one_step
     from detectron2.utils.events import EventStorage
 
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     device = torch.device(args.device)
-    data = make_batch(args.height, args.width, device)
+    data = make_batch(args.height, args.width, device, max_box_fraction=0.25)
     models = {name: build_model(config, device, args.post_nms_topk)
               for name, config in configs.items()}
     steps = {name: (lambda model=model: one_step(model, data, device))
