@@ -51,7 +51,6 @@ def test_recorded_loss_inputs_are_detached_copies():
     assert torch.allclose(loss(recorded, targets, 1.0), value)  # same inputs, same value
 
 
-
 def test_benchmark_rcnn_prints_time_and_memory_ratios(capsys):
     import benchmark_rcnn
 
@@ -81,3 +80,19 @@ def test_benchmark_rcnn_zeroes_every_box_delta_layer():
     for layer in layers:
         assert not layer.weight.any() and not layer.bias.any()
         assert layer.weight.requires_grad
+
+
+def test_profile_step_reports_every_pooled_roi_and_applies_overrides(capsys):
+    import profile_step
+
+    config = os.path.join(os.path.dirname(TOOLS), "configs", "Shapes", "faster_rcnn_R18h_FPN.py")
+    profile_step.main(["--config-file", config, "--threads", "1",
+                       "--rows", "3", "dataloader.train.total_batch_size=2",
+                       "model.roi_heads.batch_size_per_image=64"])
+    out = capsys.readouterr().out
+    assert re.search(r"step: \d+\.\d+ s", out)
+    # One pooler call in the timed step; 64 sampled RoIs per image (the override, not the
+    # config's 128), 2 images.
+    calls = re.findall(r"box pooler call \d+: (\d+) RoIs, mean side (\d+) px", out)
+    assert len(calls) == 1 and int(calls[0][0]) == 2 * 64 and int(calls[0][1]) > 0
+    assert "Self CPU time total" in out

@@ -41,7 +41,6 @@ VARIANTS = {
 def build_model(config, device, post_nms_topk=None):
     import torch
     from detectron2.config import LazyConfig, instantiate
-    from detectron2.modeling.roi_heads import FastRCNNOutputLayers
 
     cfg = LazyConfig.load(os.path.join(REPO, "configs", "COCO-Detection", config))
     if cfg.model.proposal_generator.get("prior_prob") == "auto":
@@ -50,18 +49,30 @@ def build_model(config, device, post_nms_topk=None):
         cfg.model.proposal_generator.post_nms_topk = (post_nms_topk, 1000)
     torch.manual_seed(0)
     model = instantiate(cfg.model).to(device).train()
-    # Random weights give exploding box deltas. In the RPN, the clipped, degenerate proposals
-    # get dropped: with zero deltas it returns its full post-NMS top-k, as a trained RPN does.
-    # In the cascade, stage 2 would get whole-image boxes (measured: mean side 974 px), and
-    # ROIAlign with adaptive sampling (sampling_ratio=0) costs in proportion to the RoI area,
-    # so the step would time boxes no trained model produces. Zero deltas keep every stage on
-    # the proposals. These layers still train (they get gradients).
-    deltas = [model.proposal_generator.rpn_head.anchor_deltas]
-    deltas += [m.bbox_pred for m in model.modules() if isinstance(m, FastRCNNOutputLayers)]
-    for layer in deltas:
-        torch.nn.init.zeros_(layer.weight)
-        torch.nn.init.zeros_(layer.bias)
+    zero_box_deltas(model)
     return model
+
+
+def zero_box_deltas(model, box_predictors=True):
+    """
+    Zeroes the RPN's and (``box_predictors``) every box predictor's delta layer (they still
+    train: they get gradients). Random weights give exploding box deltas. In the RPN, the clipped, degenerate
+    proposals get dropped: with zero deltas it returns its full post-NMS top-k, as a trained RPN
+    does. In the cascade, stage 2 gets whole-image boxes (`python tools/profile_step.py
+    --config-file configs/COCO-Detection/cascade_rcnn_R_50_FPN_1x.py --synthetic 800 1333
+    --zero-deltas rpn`), and ROIAlign with adaptive sampling (sampling_ratio=0) costs in
+    proportion to the RoI area, so the step would time boxes no trained model produces. Zero
+    deltas keep every stage on the proposals.
+    """
+    from detectron2.modeling.roi_heads import FastRCNNOutputLayers
+    from torch.nn.init import zeros_
+
+    deltas = [model.proposal_generator.rpn_head.anchor_deltas]
+    if box_predictors:
+        deltas += [m.bbox_pred for m in model.modules() if isinstance(m, FastRCNNOutputLayers)]
+    for layer in deltas:
+        zeros_(layer.weight)
+        zeros_(layer.bias)
 
 
 def rois_per_image(logged):
