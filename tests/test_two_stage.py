@@ -167,6 +167,29 @@ def test_guided_scaling_at_the_loss_dict_level():
     assert logged["roi_head/guided_ratio"] > 0 and logged["rpn/guided_ratio"] > 0
 
 
+def test_rpn_box_loss_is_half_the_mean_over_positive_coordinates():
+    """The official Sampling-Free RPN: 0.5 x mean over the positive anchors' coordinates, not
+    detectron2's sum / (batch_size_per_image x images) ("batch", kept as an option)."""
+    data = batch((3, 1))
+    values = {}
+    for normalizer, weight in (("batch", 1.0), ("foreground", 0.5)):
+        cfg = tiny_rcnn_cfg("faster_sf")
+        cfg.proposal_generator.box_reg_normalizer = normalizer
+        cfg.proposal_generator.loss_weight = {"loss_rpn_cls": 1.0, "loss_rpn_loc": weight}
+        torch.manual_seed(0)
+        losses, logged = train_step(instantiate(cfg), data)
+        values[normalizer] = losses["loss_rpn_loc"].item()
+        assert losses["loss_rpn_cls"].item() == pytest.approx(values[normalizer], rel=1e-5)
+    num_pos = logged["rpn/num_pos_anchors"] * len(data)  # detectron2 logs it per image
+    assert num_pos > 0
+    assert values["foreground"] == pytest.approx(
+        0.5 * values["batch"] * 256 * len(data) / (4 * num_pos), rel=1e-5
+    )
+    cfg = tiny_rcnn_cfg("faster_sf")
+    assert cfg.proposal_generator.box_reg_normalizer == "foreground"
+    assert cfg.proposal_generator.loss_weight["loss_rpn_loc"] == 0.5
+
+
 def test_cascade_stages_each_guided_by_their_own_box_loss():
     torch.manual_seed(0)
     losses, logged = train_step(instantiate(tiny_rcnn_cfg("cascade_sf")), batch((3, 1)))
@@ -239,6 +262,10 @@ def test_bad_arguments_are_named():
     cfg = tiny_rcnn_cfg("faster_sf")
     cfg.roi_heads.box_predictor.box_reg_normalizer = "anchors"
     with pytest.raises(ValueError, match="box_reg_normalizer"):
+        instantiate(cfg)
+    cfg = tiny_rcnn_cfg("faster_sf")
+    cfg.proposal_generator.box_reg_normalizer = "rois"
+    with pytest.raises(ValueError, match="box_reg_normalizer must be 'foreground' or 'batch'"):
         instantiate(cfg)
     for prior in (1.5, "atuo"):
         with pytest.raises(ValueError, match="prior_prob"):

@@ -27,8 +27,13 @@ class SamplingFreeRPN(RPN):
       computes pi = N_f / N (one class) from the training data's anchor matching before
       training (``hpf.modeling.priors``); a float sets it; None keeps detectron2's init (0).
 
-    The box loss stays detectron2's (smooth L1 over the positives, divided by
-    ``batch_size_per_image`` x images), so only the objectness changes against the baseline.
+    * ``box_reg_normalizer``: ``"foreground"`` divides the summed box loss by 4 x the positive
+      anchors (a mean over their coordinates; the official code then halves it: configure
+      that with detectron2's ``loss_weight``, as ``use_sampling_free_rpn`` does);
+      ``"batch"`` keeps detectron2's division by ``batch_size_per_image`` x images, a sampled
+      batch size that Sampling-Free no longer has. It matters through the guided ratio: the
+      objectness loss is rescaled to the box loss's value, so with ``"batch"`` its weight
+      would follow positives / 256 (~0.08 on the shapes data, ~0.5-1 on COCO).
     """
 
     def __init__(
@@ -36,9 +41,15 @@ class SamplingFreeRPN(RPN):
         *,
         loss_balance: Optional[torch.nn.Module] = None,
         prior_prob: Union[float, str, None] = "auto",
+        box_reg_normalizer: str = "foreground",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if box_reg_normalizer not in ("foreground", "batch"):
+            raise ValueError(
+                f"box_reg_normalizer must be 'foreground' or 'batch', got {box_reg_normalizer!r}"
+            )
+        self.box_reg_normalizer = box_reg_normalizer
         if prior_prob not in (None, "auto") and (
             not isinstance(prior_prob, (int, float)) or not 0 < prior_prob < 1
         ):
@@ -61,9 +72,12 @@ class SamplingFreeRPN(RPN):
             anchors, pred_objectness_logits, gt_labels, pred_anchor_deltas, gt_boxes
         )
         # detectron2 divides both losses by batch_size_per_image x images; the objectness
-        # is divided by the number of positives instead.
+        # is divided by the number of positives instead, the box loss by 4 x positives.
         num_pos = sum((x == 1).sum() for x in gt_labels).clamp(min=1)
-        loss_cls = losses["loss_rpn_cls"] * (self.batch_size_per_image * len(gt_labels) / num_pos)
+        d2_normalizer = self.batch_size_per_image * len(gt_labels)
+        loss_cls = losses["loss_rpn_cls"] * (d2_normalizer / num_pos)
+        if self.box_reg_normalizer == "foreground":
+            losses["loss_rpn_loc"] = losses["loss_rpn_loc"] * (d2_normalizer / (4 * num_pos))
         losses["loss_rpn_cls"] = self.loss_balance(loss_cls, losses["loss_rpn_loc"])
         storage = get_event_storage()
         storage.put_scalar("rpn/guided_ratio", float(self.loss_balance.ratio))
