@@ -243,6 +243,9 @@ def test_rcnn_configs(name):
         assert p.test_score_thresh == (1e-3 if sf_roi else 0.05)
         if sf_roi:
             assert p.loss_balance.factor == 2.0
+            assert p.smooth_l1_beta == 1.0  # the official RoI box loss
+        else:
+            assert "smooth_l1_beta" not in p  # detectron2's L1
     has_mask = name.startswith("mask")
     assert (roi.get("mask_head") is not None) == has_mask
     assert cfg.dataloader.train.mapper.get("use_instance_mask", False) == has_mask
