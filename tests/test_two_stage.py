@@ -272,6 +272,11 @@ def test_bad_arguments_are_named():
             instantiate(tiny_rcnn_cfg("faster_sf", rpn_prior=prior))
     with pytest.raises(ValueError, match="test_score_thresh"):
         instantiate(tiny_rcnn_cfg("faster_sf", test_score_thresh="adaptive"))
+    cfg = tiny_rcnn_cfg("faster_sf")
+    assert instantiate(cfg).roi_heads.box_predictor.smooth_l1_beta == 1.0  # the configs' default
+    cfg.roi_heads.box_predictor.smooth_l1_beta = -1.0
+    with pytest.raises(ValueError, match="smooth_l1_beta must be >= 0, got -1.0"):
+        instantiate(cfg)
 
 
 def fixed_proposals(data, num_random=200, seed=0):

@@ -53,6 +53,9 @@ class SamplingFreeFastRCNNOutputLayers(FastRCNNOutputLayers):
             raise ValueError(
                 f"test_score_thresh must be a number or 'auto', got {test_score_thresh!r}"
             )
+        # detectron2 would silently take a negative beta as L1 (beta < 1e-5).
+        if kwargs.get("smooth_l1_beta", 0.0) < 0:
+            raise ValueError(f"smooth_l1_beta must be >= 0, got {kwargs['smooth_l1_beta']!r}")
         super().__init__(input_shape, test_score_thresh=test_score_thresh, **kwargs)
         self.loss_balance = GuidedLossScale(factor=2.0) if loss_balance is None else loss_balance
         self.box_reg_normalizer = box_reg_normalizer
