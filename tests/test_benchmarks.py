@@ -3,6 +3,8 @@ import os
 import re
 import sys
 
+import pytest
+
 TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
 sys.path.insert(0, TOOLS)
 
@@ -67,6 +69,18 @@ def test_benchmark_rcnn_prints_time_and_memory_ratios(capsys):
     low, high = (float(x) for x in rows["Sampling-Free"][5].split("-"))
     assert 0 < low <= float(rows["Sampling-Free"][4]) <= high
     assert float(rows["Sampling-Free"][6]) > 0
+
+
+def test_benchmark_rcnn_variants_keep_the_baseline_and_name_unknown_ones():
+    import benchmark_rcnn
+
+    chosen = benchmark_rcnn.selected_variants(["Faster R-CNN"], ["Sampling-Free"])
+    assert chosen == {"Faster R-CNN": {
+        "baseline": "faster_rcnn_R_50_FPN_1x.py",
+        "Sampling-Free": "faster_rcnn_sampling_free_R_50_FPN_1x.py"}}
+    assert len(benchmark_rcnn.selected_variants(["Faster R-CNN"])["Faster R-CNN"]) == 4
+    with pytest.raises(SystemExit, match="RPN-only"):
+        benchmark_rcnn.selected_variants(["Faster R-CNN"], ["RPN-only"])
 
 
 def test_benchmark_rcnn_zeroes_every_box_delta_layer():

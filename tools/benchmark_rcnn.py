@@ -7,6 +7,7 @@ in the same run.
 
     python tools/benchmark_rcnn.py [--height 800 --width 1333] [--pairs 5] [--rounds 2]
                                    [--threads 2] [--device cpu]
+                                   [--models "Faster R-CNN"] [--variants Sampling-Free]
 
 Time: the baseline and the variant are built in one process and step in turn, ``--pairs``
 times after one warm-up step each; the ratio is the median over the pairs of adjacent steps, so
@@ -124,6 +125,18 @@ def paired_times(args, configs):
     return times, ratios
 
 
+def selected_variants(models, names=None):
+    """{model: {variant: config}} for ``models``, the baseline and ``names`` (all if None)."""
+    if names is not None:
+        known = {name for model in models for name in VARIANTS[model]}
+        unknown = sorted(set(names) - known)
+        if unknown:
+            raise SystemExit(f"--variants: unknown {unknown} for {models}; known: {sorted(known)}")
+    return {model: {name: config for name, config in VARIANTS[model].items()
+                    if names is None or name == "baseline" or name in names}
+            for model in models}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--height", type=int, default=800)
@@ -133,12 +146,15 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--models", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=None,
+                        help="only these variants besides the baseline (e.g. Sampling-Free)")
     parser.add_argument("--post-nms-topk", type=int, default=None,
                         help="override the RPN's training post-NMS top-k per image")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return memory_worker(args)
+    variants = selected_variants(args.models, args.variants)
     if args.device is None:
         import torch
 
@@ -147,7 +163,7 @@ def main(argv=None):
     memory = {}
     for _ in range(args.rounds):
         for model in args.models:
-            for name, config in VARIANTS[model].items():
+            for name, config in variants[model].items():
                 cmd = [sys.executable, os.path.abspath(__file__), "--worker", config]
                 for option in ("height", "width", "threads", "device", "post_nms_topk"):
                     if getattr(args, option) is not None:
@@ -167,9 +183,9 @@ def main(argv=None):
           f"| pair ratios min-max | {mem_col} | x baseline |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for model in args.models:
-        times, ratios = paired_times(args, VARIANTS[model])
+        times, ratios = paired_times(args, variants[model])
         base_mem = statistics.median(r[mem_key] for r in memory[(model, "baseline")])
-        for name in VARIANTS[model]:
+        for name in variants[model]:
             mem = statistics.median(r[mem_key] for r in memory[(model, name)])
             print(f"| {model} | {name} | {memory[(model, name)][0]['rois_per_image']:.0f} "
                   f"| {1000 * statistics.median(times[name]):.0f} "
