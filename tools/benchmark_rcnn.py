@@ -162,8 +162,8 @@ def main(argv=None):
 
     memory = {}
     for _ in range(args.rounds):
-        for model in args.models:
-            for name, config in variants[model].items():
+        for model, configs in variants.items():
+            for name, config in configs.items():
                 cmd = [sys.executable, os.path.abspath(__file__), "--worker", config]
                 for option in ("height", "width", "threads", "device", "post_nms_topk"):
                     if getattr(args, option) is not None:
@@ -182,10 +182,10 @@ def main(argv=None):
     print(f"| model | sampling | RoIs / image | ms / step | x baseline (median of pairs) "
           f"| pair ratios min-max | {mem_col} | x baseline |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for model in args.models:
-        times, ratios = paired_times(args, variants[model])
+    for model, configs in variants.items():
+        times, ratios = paired_times(args, configs)
         base_mem = statistics.median(r[mem_key] for r in memory[(model, "baseline")])
-        for name in variants[model]:
+        for name in configs:
             mem = statistics.median(r[mem_key] for r in memory[(model, name)])
             print(f"| {model} | {name} | {memory[(model, name)][0]['rois_per_image']:.0f} "
                   f"| {1000 * statistics.median(times[name]):.0f} "
