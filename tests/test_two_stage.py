@@ -190,13 +190,18 @@ def test_rpn_box_loss_is_half_the_mean_over_positive_coordinates():
     assert cfg.proposal_generator.loss_weight["loss_rpn_loc"] == 0.5
 
 
-def test_cascade_stages_each_guided_by_their_own_box_loss():
+@pytest.mark.parametrize("guided_factor", [None, 4.0])
+def test_cascade_stages_each_guided_by_their_own_box_loss(guided_factor):
+    cfg = tiny_rcnn_cfg("cascade_sf")
+    if guided_factor is not None:  # an ablation's factor reaches every stage
+        use_sampling_free_roi_heads(cfg, guided_factor=guided_factor)
     torch.manual_seed(0)
-    losses, logged = train_step(instantiate(tiny_rcnn_cfg("cascade_sf")), batch((3, 1)))
+    losses, logged = train_step(instantiate(cfg), batch((3, 1)))
+    factor = 2.0 if guided_factor is None else guided_factor
     ratios = []
     for k in range(3):
         cls, box = losses[f"loss_cls_stage{k}"].item(), losses[f"loss_box_reg_stage{k}"].item()
-        assert box > 0 and cls == pytest.approx(2 * box, rel=1e-5), k
+        assert box > 0 and cls == pytest.approx(factor * box, rel=1e-5), k
         ratios.append(logged[f"stage{k}/roi_head/guided_ratio"])
         assert logged[f"stage{k}/roi_head/num_rois"] >= logged[f"stage{k}/roi_head/num_fg"]
     assert len(set(ratios)) == 3 and min(ratios) > 0  # one ratio per stage

@@ -21,18 +21,21 @@ def use_sampling_free_rpn(model, prior_prob="auto"):
     model.proposal_generator.prior_prob = prior_prob
 
 
-def use_sampling_free_roi_heads(model, test_score_thresh=1e-3, smooth_l1_beta=1.0):
-    """RoI heads on all proposals (+ GT); each box predictor's softmax CE guided to 2x its own
-    box loss; ``test_score_thresh``: the official code's 1e-3, or "auto" (N_f / N of the RoIs
-    seen in training), or detectron2's 0.05. ``smooth_l1_beta``: the official RoI box loss,
-    smooth-L1 with beta 1, instead of detectron2's L1 (beta 0): the guided ratio ties the
-    classification loss to the box loss's value, and L1's larger value made it 2-3x heavier
+def use_sampling_free_roi_heads(
+    model, test_score_thresh=1e-3, smooth_l1_beta=1.0, guided_factor=2.0
+):
+    """RoI heads on all proposals (+ GT); each box predictor's softmax CE guided to
+    ``guided_factor`` x its own box loss (the paper's 2; other values for ablations, every
+    cascade stage alike). ``test_score_thresh``: the official code's 1e-3, or "auto" (N_f / N
+    of the RoIs seen in training), or detectron2's 0.05. ``smooth_l1_beta``: the official RoI
+    box loss, smooth-L1 with beta 1, instead of detectron2's L1 (beta 0): the guided ratio ties
+    the classification loss to the box loss's value, and L1's larger value made it 2-3x heavier
     (measured on the shapes data: projects/HPF/README.md)."""
     roi_heads = model.roi_heads
     cascade = "box_predictors" in roi_heads
     roi_heads._target_ = SamplingFreeCascadeROIHeads if cascade else SamplingFreeROIHeads
     for predictor in roi_heads.box_predictors if cascade else [roi_heads.box_predictor]:
         predictor._target_ = SamplingFreeFastRCNNOutputLayers
-        predictor.loss_balance = L(GuidedLossScale)(factor=2.0)
+        predictor.loss_balance = L(GuidedLossScale)(factor=guided_factor)
         predictor.test_score_thresh = test_score_thresh
         predictor.smooth_l1_beta = smooth_l1_beta
