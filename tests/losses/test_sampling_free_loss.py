@@ -74,6 +74,9 @@ def test_module_freezes_ratio_at_call_k_and_checkpoint_keeps_it():
     assert fresh.frozen and fresh(cls, reg).item() == pytest.approx(1.5)
     with pytest.raises(ValueError, match="freeze_after"):
         GuidedLossScale(freeze_after=0)
+    for factor in (0, -2.0, "2"):
+        with pytest.raises(ValueError, match="factor"):
+            GuidedLossScale(factor=factor)
 
 
 def test_optimal_prior_and_bias():

@@ -45,6 +45,9 @@ class GuidedLossScale(nn.Module):
 
     def __init__(self, factor=1.0, freeze_after=None):
         super().__init__()
+        # A factor <= 0 would zero or flip the classification loss instead of scaling it.
+        if not isinstance(factor, (int, float)) or isinstance(factor, bool) or factor <= 0:
+            raise ValueError(f"factor must be a positive number, got {factor!r}")
         if freeze_after is not None and (int(freeze_after) != freeze_after or freeze_after < 1):
             raise ValueError(f"freeze_after must be None or a positive integer, got {freeze_after}")
         self.factor = float(factor)
