@@ -157,13 +157,18 @@ def test_roi_heads_train_on_all_proposals(arch):
     assert baseline["rpn/num_pos_anchors"] + baseline["rpn/num_neg_anchors"] == 256
 
 
-def test_guided_scaling_at_the_loss_dict_level():
+@pytest.mark.parametrize("rpn_factor", [None, 3.0])
+def test_guided_scaling_at_the_loss_dict_level(rpn_factor):
+    cfg = tiny_rcnn_cfg("faster_sf")
+    if rpn_factor is not None:  # an ablation's RPN factor, set by the config helper
+        use_sampling_free_rpn(cfg, prior_prob=0.01, guided_factor=rpn_factor)
     torch.manual_seed(0)
-    losses, logged = train_step(instantiate(tiny_rcnn_cfg("faster_sf")), batch((3, 1)))
+    losses, logged = train_step(instantiate(cfg), batch((3, 1)))
     assert losses["loss_box_reg"] > 0 and losses["loss_rpn_loc"] > 0
-    # RoI heads: factor 2 (conference paper Sec. 3.4); RPN: factor 1.
+    # RoI heads: factor 2 (conference paper Sec. 3.4); RPN: factor 1 unless set.
     assert losses["loss_cls"].item() == pytest.approx(2 * losses["loss_box_reg"].item(), rel=1e-5)
-    assert losses["loss_rpn_cls"].item() == pytest.approx(losses["loss_rpn_loc"].item(), rel=1e-5)
+    rpn_box = (1.0 if rpn_factor is None else rpn_factor) * losses["loss_rpn_loc"].item()
+    assert losses["loss_rpn_cls"].item() == pytest.approx(rpn_box, rel=1e-5)
     assert logged["roi_head/guided_ratio"] > 0 and logged["rpn/guided_ratio"] > 0
 
 

@@ -10,14 +10,15 @@ from hpf.modeling import (
 )
 
 
-def use_sampling_free_rpn(model, prior_prob="auto"):
-    """RPN on all anchors: objectness CE / #positives, guided by the RPN box loss (ratio every
-    iteration, as the official RPN), objectness bias from pi = N_f / N ("auto"). The box loss
-    is the official one's scale: half the mean over the positive anchors' coordinates."""
+def use_sampling_free_rpn(model, prior_prob="auto", guided_factor=1.0):
+    """RPN on all anchors: objectness CE / #positives, guided to ``guided_factor`` x the RPN
+    box loss (the official RPN's 1, ratio every iteration; other values for ablations),
+    objectness bias from pi = N_f / N ("auto"). The box loss is the official one's scale: half
+    the mean over the positive anchors' coordinates."""
     model.proposal_generator._target_ = SamplingFreeRPN
     model.proposal_generator.box_reg_normalizer = "foreground"
     model.proposal_generator.loss_weight = {"loss_rpn_cls": 1.0, "loss_rpn_loc": 0.5}
-    model.proposal_generator.loss_balance = L(GuidedLossScale)(factor=1.0)
+    model.proposal_generator.loss_balance = L(GuidedLossScale)(factor=guided_factor)
     model.proposal_generator.prior_prob = prior_prob
 
 
