@@ -32,8 +32,9 @@ class SamplingFreeFastRCNNOutputLayers(FastRCNNOutputLayers):
       ``"auto"``: the adaptive threshold N_f / N (Table 2) of the RoIs this stage trained on,
       counted over the whole training (summed over processes, kept in the checkpoint).
 
-    Logs ``roi_head/guided_ratio``, ``roi_head/num_fg`` and ``roi_head/num_rois`` (per image)
-    every iteration; Cascade R-CNN prefixes them with ``stage{k}/``.
+    Logs ``roi_head/guided_ratio`` (L_reg / L_cls, before the factor), ``roi_head/num_fg`` and
+    ``roi_head/num_rois`` (per image) every iteration; Cascade R-CNN prefixes them with
+    ``stage{k}/``.
     """
 
     def __init__(
