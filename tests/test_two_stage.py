@@ -33,14 +33,16 @@ VARIANTS = {
 }
 
 
-def tiny_rcnn_cfg(variant, rpn_prior=0.01, test_score_thresh=1e-3):
+def tiny_rcnn_cfg(variant, rpn_prior=0.01, test_score_thresh=1e-3, rpn_guided_factor=None):
     arch, sf_rpn, sf_roi = VARIANTS[variant]
     cfg = LazyConfig.load(os.path.join(REPO, "configs", "common", "models", arch + ".py")).model
     use_small_resnet_rcnn(cfg, widths=(8, 16, 32, 64), fpn_channels=32, fc_dim=64)
     cfg.roi_heads.num_classes = NUM_CLASSES
     cfg.proposal_generator.anchor_generator.sizes = [[16], [32], [64], [128], [256]]
     if sf_rpn:
-        use_sampling_free_rpn(cfg, prior_prob=rpn_prior)
+        # None: the helper's own default (the paper's 1)
+        extra = {} if rpn_guided_factor is None else {"guided_factor": rpn_guided_factor}
+        use_sampling_free_rpn(cfg, prior_prob=rpn_prior, **extra)
     if sf_roi:
         use_sampling_free_roi_heads(cfg, test_score_thresh=test_score_thresh)
     return cfg
@@ -157,18 +159,16 @@ def test_roi_heads_train_on_all_proposals(arch):
     assert baseline["rpn/num_pos_anchors"] + baseline["rpn/num_neg_anchors"] == 256
 
 
-@pytest.mark.parametrize("rpn_factor", [None, 3.0])
+@pytest.mark.parametrize("rpn_factor", [None, 3.0])  # the helper's default (1); an ablation's
 def test_guided_scaling_at_the_loss_dict_level(rpn_factor):
-    cfg = tiny_rcnn_cfg("faster_sf")
-    if rpn_factor is not None:  # an ablation's RPN factor, set by the config helper
-        use_sampling_free_rpn(cfg, prior_prob=0.01, guided_factor=rpn_factor)
+    cfg = tiny_rcnn_cfg("faster_sf", rpn_guided_factor=rpn_factor)
     torch.manual_seed(0)
     losses, logged = train_step(instantiate(cfg), batch((3, 1)))
     assert losses["loss_box_reg"] > 0 and losses["loss_rpn_loc"] > 0
     # RoI heads: factor 2 (conference paper Sec. 3.4); RPN: factor 1 unless set.
     assert losses["loss_cls"].item() == pytest.approx(2 * losses["loss_box_reg"].item(), rel=1e-5)
-    rpn_box = (1.0 if rpn_factor is None else rpn_factor) * losses["loss_rpn_loc"].item()
-    assert losses["loss_rpn_cls"].item() == pytest.approx(rpn_box, rel=1e-5)
+    expected_rpn_cls = (rpn_factor or 1.0) * losses["loss_rpn_loc"].item()
+    assert losses["loss_rpn_cls"].item() == pytest.approx(expected_rpn_cls, rel=1e-5)
     assert logged["roi_head/guided_ratio"] > 0 and logged["rpn/guided_ratio"] > 0
 
 
