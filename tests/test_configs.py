@@ -3,11 +3,13 @@ checks of the COCO leaf configs' wiring (losses, schedules, input format, augmen
 import glob
 import math
 import os
+import re
 
 import pytest
 import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.data.transforms import ResizeShortestEdge
+from omegaconf import OmegaConf
 
 from conftest import REPO
 from hpf.losses import (
@@ -251,3 +253,37 @@ def test_rcnn_configs(name):
     assert cfg.dataloader.train.mapper.get("use_instance_mask", False) == has_mask
     assert cfg.model.backbone.bottom_up.stages.depth == (101 if "R_101" in name else 50)
     assert cfg.optimizer.lr == 0.02 and cfg.train.max_iter == 90000
+
+
+_ABSENT = object()
+BAD_INPUT_EXAMPLE = "train.max_itr"  # README.md's unknown-key example, a typo on purpose
+DOCS = ["README.md", "projects/HPF/README.md", "configs/COCO-Detection/README.md",
+        "datasets/README.md"]
+# `key=value` overrides written in the docs; a key split over two lines ("model.a.\n  b=1") is
+# joined first. A leading "+" adds a key on purpose and is not looked up.
+_OVERRIDE = re.compile(r"(?<![\w.])(\+?)((?:model|train|optimizer|lr_multiplier|dataloader)"
+                       r"(?:\.\w+)+)=")
+
+
+def _documented_overrides():
+    found = set()
+    for doc in DOCS:
+        with open(os.path.join(REPO, doc)) as f:
+            text = re.sub(r"\.\n\s+", ".", f.read())
+        found.update((doc, key) for plus, key in _OVERRIDE.findall(text)
+                     if not plus and key != BAD_INPUT_EXAMPLE)
+    return sorted(found)
+
+
+def test_documented_overrides_name_existing_keys():
+    """Every override the docs tell users to type names a key of at least one config:
+    train_net.py refuses unknown keys (hpf.engine.config.apply_overrides), so a doc that drops
+    a needed "+" hands users a KeyError."""
+    overrides = _documented_overrides()
+    assert len(overrides) > 20  # the docs' overrides are found at all
+    configs = [LazyConfig.load(p) for p in CONFIGS]
+    missing = [
+        f"{doc}: {key}" for doc, key in overrides
+        if all(OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT for cfg in configs)
+    ]
+    assert not missing, "documented overrides of keys no config has:\n" + "\n".join(missing)
