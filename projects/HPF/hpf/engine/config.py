@@ -15,6 +15,11 @@ def _all_keys(cfg, prefix=""):
             yield from _all_keys(v, key + ".")
 
 
+def has_key(cfg, key) -> bool:
+    """Whether the dotted ``key`` exists in ``cfg`` (also when its value is None)."""
+    return OmegaConf.select(cfg, key, default=_MISSING) is not _MISSING
+
+
 def apply_overrides(cfg, overrides):
     """
     Like ``LazyConfig.apply_overrides``, but an override of a key that the config does not
@@ -29,7 +34,7 @@ def apply_overrides(cfg, overrides):
         key = item.split("=", 1)[0].strip()
         if key.startswith("+"):
             continue
-        if OmegaConf.select(cfg, key, default=_MISSING) is _MISSING:
+        if not has_key(cfg, key):
             close = difflib.get_close_matches(key, list(_all_keys(cfg)), n=3, cutoff=0.6)
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
             raise KeyError(
