@@ -146,6 +146,20 @@ def test_sampling_free_configs(path):
     assert model.test_score_thresh == "auto"
 
 
+@pytest.mark.parametrize("name", ["faster_rcnn_R18h_FPN", "faster_rcnn_R18h_FPN_sampling_free"])
+def test_shapes_sgd_configs_change_only_the_optimizer(name):
+    shapes = os.path.join(REPO, "configs", "Shapes")
+    adamw = LazyConfig.load(os.path.join(shapes, name + ".py"))
+    sgd = LazyConfig.load(os.path.join(shapes, name + "_sgd.py"))
+    assert adamw.optimizer._target_ is torch.optim.AdamW
+    assert sgd.optimizer._target_ is torch.optim.SGD
+    assert (sgd.optimizer.lr, sgd.optimizer.momentum, sgd.optimizer.weight_decay) == (0.01, 0.9, 1e-4)
+    assert sgd.train.output_dir != adamw.train.output_dir
+    sgd.train.output_dir = adamw.train.output_dir  # the evaluator's output follows it
+    for key in ("model", "dataloader", "lr_multiplier", "train"):
+        assert sgd[key] == adamw[key], key
+
+
 @pytest.mark.parametrize("name", _coco("*ghm*.py"))
 def test_ghm_configs(name):
     cfg = _load(name)
