@@ -1,0 +1,35 @@
+"""tools/proposal_recall.py: best IoU per ground-truth box and recall, on boxes of known IoU."""
+import os
+import sys
+
+import pytest
+import torch
+from detectron2.structures import Boxes
+
+from conftest import REPO
+
+sys.path.insert(0, os.path.join(REPO, "tools"))
+import proposal_recall  # noqa: E402
+
+
+def test_best_iou_per_gt_and_recall():
+    gt = Boxes(torch.tensor([[0.0, 0, 100, 100], [200, 200, 300, 300]]))
+    # For the first box: IoU 0.78 and 0.5 (it takes the best); nothing near the second.
+    proposals = Boxes(torch.tensor([[0.0, 0, 100, 78], [0, 0, 100, 50], [500, 500, 600, 600]]))
+    best = proposal_recall.best_iou_per_gt(proposals, gt)
+    assert best.tolist() == pytest.approx([0.78, 0.0])
+    mean, recalls = proposal_recall.summarize(best, [0.5, 0.75, 0.8])
+    assert mean == pytest.approx(0.39)
+    assert recalls == [0.5, 0.5, 0.0]
+    # The top-1 proposal only: still the 0.78 one.
+    assert proposal_recall.best_iou_per_gt(proposals[:1], gt).tolist() == pytest.approx([0.78, 0])
+
+
+def test_no_proposals_no_ground_truth_and_unfinished_run(tmp_path):
+    gt = Boxes(torch.tensor([[0.0, 0, 10, 10]]))
+    assert proposal_recall.best_iou_per_gt(Boxes(torch.zeros(0, 4)), gt).tolist() == [0.0]
+    assert proposal_recall.best_iou_per_gt(gt, Boxes(torch.zeros(0, 4))).numel() == 0
+    with pytest.raises(ValueError, match="No ground-truth boxes"):
+        proposal_recall.summarize(torch.zeros(0), [0.5])
+    with pytest.raises(FileNotFoundError, match="config.yaml"):
+        proposal_recall.main([str(tmp_path)])
