@@ -33,3 +33,15 @@ def test_no_proposals_no_ground_truth_and_unfinished_run(tmp_path):
         proposal_recall.summarize(torch.zeros(0), [0.5])
     with pytest.raises(FileNotFoundError, match="config.yaml"):
         proposal_recall.main([str(tmp_path)])
+
+
+def test_gt_boxes_are_xyxy_without_crowds():
+    from detectron2.structures import BoxMode
+
+    record = {"annotations": [
+        {"bbox": [10, 20, 30, 40], "bbox_mode": BoxMode.XYWH_ABS, "iscrowd": 0},
+        {"bbox": [0, 0, 50, 50], "bbox_mode": BoxMode.XYXY_ABS},
+        {"bbox": [0, 0, 99, 99], "bbox_mode": BoxMode.XYXY_ABS, "iscrowd": 1},
+    ]}
+    assert proposal_recall.gt_boxes(record).tensor.tolist() == [[10, 20, 40, 60], [0, 0, 50, 50]]
+    assert len(proposal_recall.gt_boxes({})) == 0

@@ -10,7 +10,12 @@ several IoU thresholds, a markdown row per run and top-k.
 
 Each run is rebuilt from its ``config.yaml`` and ``model_final.pth`` and run (eval mode, CPU)
 on its config's test set; proposals are taken in the order the RPN ranks them (after NMS) and
-scaled back to the original image size, where the ground truth lives.
+scaled back to the original image size, where the ground truth lives. Crowd regions are not
+ground-truth boxes here (as in COCO's evaluation).
+
+detectron2's COCOEvaluator has a proposal recall of its own (``_evaluate_box_proposals``,
+private, for proposal-only models); it matches proposals to boxes one-to-one, greedily, which
+measures something else than the best IoU each box gets.
 """
 import argparse
 import os
@@ -37,6 +42,15 @@ def summarize(best_ious, thresholds):
     return float(best_ious.mean()), [float((best_ious >= t).float().mean()) for t in thresholds]
 
 
+def gt_boxes(record):
+    """The non-crowd ground-truth boxes of a dataset dict, as XYXY ``Boxes``."""
+    from detectron2.structures import BoxMode, Boxes
+
+    boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
+             for a in record.get("annotations", []) if not a.get("iscrowd", 0)]
+    return Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+
+
 def load_run(run_dir):
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.config import LazyConfig, instantiate
@@ -57,8 +71,6 @@ def best_ious_of_run(run_dir, topks):
     """{top-k: best IoU of every ground-truth box of the run's test set}."""
     from detectron2.config import instantiate
     from detectron2.data import DatasetCatalog
-    from detectron2.structures import BoxMode, Boxes
-
     import hpf.data  # noqa: F401  (registers the shapes dataset)
 
     cfg, model = load_run(run_dir)
@@ -71,11 +83,7 @@ def best_ious_of_run(run_dir, topks):
         images = model.preprocess_image(batch)
         proposals, _ = model.proposal_generator(images, model.backbone(images.tensor), None)
         for inputs, props, (h, w) in zip(batch, proposals, images.image_sizes):
-            record = dicts[inputs["image_id"]]
-            gt = Boxes(torch.tensor(
-                [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
-                 for a in record.get("annotations", [])], dtype=torch.float32
-            ).reshape(-1, 4))
+            gt = gt_boxes(dicts[inputs["image_id"]])
             boxes = props.proposal_boxes.clone()
             boxes.scale(inputs["width"] / w, inputs["height"] / h)
             for k in topks:
