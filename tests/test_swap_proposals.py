@@ -98,6 +98,9 @@ def test_runs_with_another_test_set_are_refused_by_name(tmp_path):
     b.dataloader.test.dataset.names = "shapes_tiny_val"
     with pytest.raises(ValueError, match="run_b.*shapes_tiny_val.*run_a"):
         swap_proposals.check_same_test_set([("run_a", a), ("run_b", b)])
+    swap_proposals.check_same_sizes([[(96, 128)], [(96, 128)]])
+    with pytest.raises(ValueError, match=r"resize the test images differently.*\(96, 120\)"):
+        swap_proposals.check_same_sizes([[(96, 128)], [(96, 120)]])
     with pytest.raises(FileNotFoundError, match="config.yaml"):
         swap_proposals.main([str(tmp_path)])
     with pytest.raises(SystemExit):

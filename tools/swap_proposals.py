@@ -49,28 +49,40 @@ def check_same_test_set(configs):
 
 
 @torch.no_grad()
-def swapped_detections(models, batch, topk=None):
-    """{(proposal run index, RoI-head run index): post-processed ``Instances`` per image}."""
+def run_rpn(model, batch, topk=None):
+    """(preprocessed images, backbone features, proposals: the RPN's first ``topk`` per image)."""
+    images = model.preprocess_image(batch)
+    features = model.backbone(images.tensor)
+    proposals, _ = model.proposal_generator(images, features, None)
+    return images, features, [p[:topk] for p in proposals] if topk else proposals
+
+
+def check_same_sizes(image_sizes):
+    """Raises ValueError unless every run resized the batch's images alike."""
+    for sizes in image_sizes[1:]:
+        if list(sizes) != list(image_sizes[0]):
+            raise ValueError(f"The runs resize the test images differently: "
+                             f"{image_sizes[0]} vs {sizes}")
+
+
+def postprocess(results, batch, image_sizes):
+    """Detections of the preprocessed images rescaled to the inputs' sizes, as the model does."""
     from detectron2.modeling import GeneralizedRCNN
 
-    images, features, proposals = [], [], []
-    for model in models:
-        im = model.preprocess_image(batch)
-        feats = model.backbone(im.tensor)
-        props, _ = model.proposal_generator(im, feats, None)
-        images.append(im)
-        features.append(feats)
-        proposals.append([p[:topk] for p in props] if topk else props)
-    for im in images[1:]:
-        if list(im.image_sizes) != list(images[0].image_sizes):
-            raise ValueError(f"The runs resize the test images differently: "
-                             f"{images[0].image_sizes} vs {im.image_sizes}")
+    return [out["instances"].to("cpu")
+            for out in GeneralizedRCNN._postprocess(results, batch, image_sizes)]
+
+
+@torch.no_grad()
+def swapped_detections(models, batch, topk=None):
+    """{(proposal run index, RoI-head run index): post-processed ``Instances`` per image}."""
+    outputs = [run_rpn(model, batch, topk) for model in models]
+    check_same_sizes([images.image_sizes for images, _, _ in outputs])
     grid = {}
-    for p, props in enumerate(proposals):
-        for r, model in enumerate(models):
-            results, _ = model.roi_heads(images[r], features[r], props, None)
-            grid[p, r] = [out["instances"].to("cpu") for out in
-                          GeneralizedRCNN._postprocess(results, batch, images[r].image_sizes)]
+    for p, (_, _, proposals) in enumerate(outputs):
+        for r, (model, (images, features, _)) in enumerate(zip(models, outputs)):
+            results, _ = model.roi_heads(images, features, proposals, None)
+            grid[p, r] = postprocess(results, batch, images.image_sizes)
     return grid
 
 

@@ -25,7 +25,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from swap_proposals import evaluate_grid, load_runs, print_grid  # noqa: E402
+from swap_proposals import (  # noqa: E402
+    check_same_sizes, evaluate_grid, load_runs, postprocess, print_grid, run_rpn)
 
 
 def check_single_stage(run, model):
@@ -54,19 +55,11 @@ def box_head_outputs(model, batch, proposals):
 @torch.no_grad()
 def swapped_detections(models, batch, proposals_of=0, topk=None):
     """{(scores run index, boxes run index): post-processed ``Instances`` per image}."""
-    from detectron2.modeling import GeneralizedRCNN
     from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
 
-    source = models[proposals_of]
-    images = source.preprocess_image(batch)
-    proposals, _ = source.proposal_generator(images, source.backbone(images.tensor), None)
-    if topk:
-        proposals = [p[:topk] for p in proposals]
+    images, _, proposals = run_rpn(models[proposals_of], batch, topk)
     outputs = [box_head_outputs(model, batch, proposals) for model in models]
-    for sizes, _, _ in outputs:
-        if list(sizes) != list(images.image_sizes):
-            raise ValueError(f"The runs resize the test images differently: "
-                             f"{images.image_sizes} vs {sizes}")
+    check_same_sizes([images.image_sizes] + [sizes for sizes, _, _ in outputs])
     grid = {}
     for s, model in enumerate(models):
         predictor = model.roi_heads.box_predictor
@@ -74,8 +67,7 @@ def swapped_detections(models, batch, proposals_of=0, topk=None):
             results, _ = fast_rcnn_inference(
                 boxes, outputs[s][1], images.image_sizes, predictor.test_score_thresh,
                 predictor.test_nms_thresh, predictor.test_topk_per_image)
-            grid[s, b] = [out["instances"].to("cpu") for out in
-                          GeneralizedRCNN._postprocess(results, batch, images.image_sizes)]
+            grid[s, b] = postprocess(results, batch, images.image_sizes)
     return grid
 
 
