@@ -160,7 +160,8 @@ def test_own_scores_and_boxes_are_the_models_inference_and_swaps_differ():
     proposals, _ = models[1].proposal_generator(images, models[1].backbone(images.tensor), None)
 
     def candidates(model):
-        per_class = swap_scores_boxes.box_head_outputs(model, batch, proposals)[2][0]
+        features = model.backbone(images.tensor)
+        per_class = swap_scores_boxes.box_head_outputs(model, features, proposals)[1][0]
         boxes = Boxes(per_class.reshape(-1, 4))
         boxes.clip(images.image_sizes[0])
         return boxes.tensor * 2

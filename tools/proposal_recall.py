@@ -51,6 +51,16 @@ def gt_boxes(record):
     return Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
 
 
+@torch.no_grad()
+def run_rpn(model, batch, topk=None):
+    """(preprocessed images, backbone features, proposals: the RPN's first ``topk`` per image,
+    in the order it ranks them after NMS)."""
+    images = model.preprocess_image(batch)
+    features = model.backbone(images.tensor)
+    proposals, _ = model.proposal_generator(images, features, None)
+    return images, features, [p[:topk] for p in proposals] if topk else proposals
+
+
 def load_run(run_dir):
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.config import LazyConfig, instantiate
@@ -80,8 +90,7 @@ def best_ious_of_run(run_dir, topks):
         dicts.update({d["image_id"]: d for d in DatasetCatalog.get(name)})
     best = {k: [] for k in topks}
     for batch in instantiate(cfg.dataloader.test):
-        images = model.preprocess_image(batch)
-        proposals, _ = model.proposal_generator(images, model.backbone(images.tensor), None)
+        images, _, proposals = run_rpn(model, batch)
         for inputs, props, (h, w) in zip(batch, proposals, images.image_sizes):
             gt = gt_boxes(dicts[inputs["image_id"]])
             boxes = props.proposal_boxes.clone()

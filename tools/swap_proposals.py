@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ap_per_iou import ap_per_iou  # noqa: E402
-from proposal_recall import load_run  # noqa: E402
+from proposal_recall import load_run, run_rpn  # noqa: E402
 
 # The columns of the grid: overall AP and AP at three IoU thresholds (index into 0.50:0.05:0.95).
 COLUMNS = {"AP50": 0, "AP75": 5, "AP90": 8}
@@ -46,15 +46,6 @@ def check_same_test_set(configs):
                 f"{run}: its test set or resizing {test_setup(cfg)} differs from "
                 f"{configs[0][0]}'s {first}; proposals cannot be swapped between them"
             )
-
-
-@torch.no_grad()
-def run_rpn(model, batch, topk=None):
-    """(preprocessed images, backbone features, proposals: the RPN's first ``topk`` per image)."""
-    images = model.preprocess_image(batch)
-    features = model.backbone(images.tensor)
-    proposals, _ = model.proposal_generator(images, features, None)
-    return images, features, [p[:topk] for p in proposals] if topk else proposals
 
 
 def check_same_sizes(image_sizes):

@@ -25,8 +25,9 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from proposal_recall import run_rpn  # noqa: E402
 from swap_proposals import (  # noqa: E402
-    check_same_sizes, evaluate_grid, load_runs, postprocess, print_grid, run_rpn)
+    check_same_sizes, evaluate_grid, load_runs, postprocess, print_grid)
 
 
 def check_single_stage(run, model):
@@ -39,16 +40,14 @@ def check_single_stage(run, model):
 
 
 @torch.no_grad()
-def box_head_outputs(model, batch, proposals):
-    """(image sizes, per-image class probabilities, per-image boxes) of the model's box head on
-    the given proposals (in the preprocessed image's coordinates)."""
-    images = model.preprocess_image(batch)
-    features = model.backbone(images.tensor)
+def box_head_outputs(model, features, proposals):
+    """(per-image class probabilities, per-image boxes) of the model's box head on the given
+    proposals, pooled from its backbone's ``features`` (preprocessed image coordinates)."""
     heads = model.roi_heads
     pooled = heads.box_pooler([features[f] for f in heads.box_in_features],
                               [p.proposal_boxes for p in proposals])
     predictions = heads.box_predictor(heads.box_head(pooled))
-    return (images.image_sizes, heads.box_predictor.predict_probs(predictions, proposals),
+    return (heads.box_predictor.predict_probs(predictions, proposals),
             heads.box_predictor.predict_boxes(predictions, proposals))
 
 
@@ -57,17 +56,26 @@ def swapped_detections(models, batch, proposals_of=0, topk=None):
     """{(scores run index, boxes run index): post-processed ``Instances`` per image}."""
     from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
 
-    images, _, proposals = run_rpn(models[proposals_of], batch, topk)
-    outputs = [box_head_outputs(model, batch, proposals) for model in models]
-    check_same_sizes([images.image_sizes] + [sizes for sizes, _, _ in outputs])
+    images, features, proposals = [], [], None
+    for i, model in enumerate(models):
+        if i == proposals_of:
+            im, feats, proposals = run_rpn(model, batch, topk)
+        else:
+            im = model.preprocess_image(batch)
+            feats = model.backbone(im.tensor)
+        images.append(im)
+        features.append(feats)
+    check_same_sizes([im.image_sizes for im in images])
+    image_sizes = images[proposals_of].image_sizes
+    outputs = [box_head_outputs(m, f, proposals) for m, f in zip(models, features)]
     grid = {}
     for s, model in enumerate(models):
         predictor = model.roi_heads.box_predictor
-        for b, (_, _, boxes) in enumerate(outputs):
+        for b, (_, boxes) in enumerate(outputs):
             results, _ = fast_rcnn_inference(
-                boxes, outputs[s][1], images.image_sizes, predictor.test_score_thresh,
+                boxes, outputs[s][0], image_sizes, predictor.test_score_thresh,
                 predictor.test_nms_thresh, predictor.test_topk_per_image)
-            grid[s, b] = postprocess(results, batch, images.image_sizes)
+            grid[s, b] = postprocess(results, batch, image_sizes)
     return grid
 
 
