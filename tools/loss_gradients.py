@@ -1,0 +1,124 @@
+#!/usr/bin/env python
+"""
+Which loss pulls on which part of finished R-CNN runs: for every term of the model's training
+loss dict (``loss_rpn_cls``, ``loss_rpn_loc``, ``loss_cls``, ``loss_box_reg``, ...), the norm of its
+gradient with respect to the parameters of each part of the detector, a markdown table per run.
+
+    python tools/loss_gradients.py output/compare/seed0_2400it/faster_rcnn \\
+        output/compare/seed0_2400it/faster_rcnn_sampling_free [--images 64]
+
+Each run is rebuilt from its ``config.yaml`` and ``model_final.pth`` in training mode (CPU) and
+fed the first ``--images`` images of its training set, through its training mapper, in batches of
+its training batch size (the same images and flips for every run: seeded). A cell is the L2 norm
+of d(loss term) / d(parameters of the part) for one batch, as the trainer would back-propagate
+it (guided scales included), averaged over the batches. Parts: the backbone's bottom-up network,
+the FPN, the RPN head, and per RoI stage the box head (the FC layers shared by classification
+and regression), the classifier and the box regressor.
+
+Norms are not an optimizer's step (AdamW divides each parameter's step by the running size of
+its own gradient), but within one part they say which loss dominates the sum it trains on.
+"""
+import argparse
+import os
+import random
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from proposal_recall import load_run  # noqa: E402
+
+
+def part_of(parameter_name):
+    """The part of an R-CNN a parameter belongs to ("backbone", "fpn", "rpn head",
+    "box head", "classifier", "box regressor"; cascade stages suffixed " k")."""
+    names = parameter_name.split(".")
+    if names[0] == "backbone":
+        return "backbone" if names[1] == "bottom_up" else "fpn"
+    if names[0] == "proposal_generator":
+        return "rpn head"
+    if names[0] == "roi_heads" and names[1] in ("box_head", "box_predictor"):
+        stage = f" {names[2]}" if names[2].isdigit() else ""
+        if names[1] == "box_head":
+            return "box head" + stage
+        layer = names[3] if stage else names[2]
+        return {"cls_score": "classifier", "bbox_pred": "box regressor"}.get(layer, layer) + stage
+    return ".".join(names[:2])
+
+
+def gradient_norms(model, batch):
+    """{loss name: {part: gradient norm}} of one training batch."""
+    from detectron2.utils.events import EventStorage
+
+    parts = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            parts.setdefault(part_of(name), []).append(param)
+    with EventStorage():
+        losses = model(batch)
+    norms = {}
+    for loss_name, loss in losses.items():
+        norms[loss_name] = {}
+        for part, params in parts.items():
+            grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+            squares = [g.pow(2).sum() for g in grads if g is not None]
+            norms[loss_name][part] = float(torch.stack(squares).sum().sqrt()) if squares else 0.0
+    return norms
+
+
+def training_batches(cfg, num_images):
+    """The first ``num_images`` training images through the training mapper, in batches of the
+    training batch size; seeded, so every run gets the same images and flips."""
+    from detectron2.config import instantiate
+    from detectron2.data import DatasetCatalog
+    import hpf.data  # noqa: F401  (registers the shapes dataset)
+
+    names = cfg.dataloader.train.dataset.names
+    records = [r for name in ([names] if isinstance(names, str) else names)
+               for r in DatasetCatalog.get(name)][:num_images]
+    mapper = instantiate(cfg.dataloader.train.mapper)
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    batch_size = cfg.dataloader.train.total_batch_size
+    mapped = [mapper(dict(r)) for r in records]
+    return [mapped[i:i + batch_size] for i in range(0, len(mapped), batch_size)]
+
+
+def mean_gradient_norms(run_dir, num_images):
+    cfg, model = load_run(run_dir)
+    model.train()
+    per_batch = []
+    for batch in training_batches(cfg, num_images):
+        torch.manual_seed(0)  # the samplers of a baseline draw the same way for every run
+        per_batch.append(gradient_norms(model, batch))
+    return {loss: {part: float(np.mean([b[loss][part] for b in per_batch]))
+                   for part in per_batch[0][loss]} for loss in per_batch[0]}
+
+
+def print_table(run_dir, norms):
+    parts = list(next(iter(norms.values())))
+    print(f"\n{os.path.basename(os.path.normpath(run_dir))}\n")
+    print("| loss | " + " | ".join(parts) + " |")
+    print("|---|" + "---:|" * len(parts))
+    for loss, row in norms.items():
+        print(f"| {loss} | " + " | ".join(f"{row[p]:.3g}" for p in parts) + " |")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("runs", nargs="+", help="output directories of train_net.py (R-CNNs)")
+    parser.add_argument("--images", type=int, default=64,
+                        help="training images to average over (default 64)")
+    args = parser.parse_args(argv)
+    if args.images < 1:
+        parser.error(f"--images must be >= 1, got {args.images}")
+    torch.set_flush_denormal(True)
+    for run in args.runs:
+        print_table(run, mean_gradient_norms(run, args.images))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
