@@ -91,3 +91,7 @@ def test_missing_runs_and_bad_image_counts_are_refused(tmp_path):
         loss_gradients.main([str(tmp_path)])
     with pytest.raises(SystemExit):
         loss_gradients.main([str(tmp_path), "--images", "0"])
+    (tmp_path / "config.yaml").write_text("")
+    (tmp_path / "model_final.pth").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="model_0000099.pth"):
+        loss_gradients.main([str(tmp_path), "--checkpoint", "model_0000099.pth"])

@@ -7,13 +7,14 @@ gradient with respect to the parameters of each part of the detector, a markdown
     python tools/loss_gradients.py output/compare/seed0_2400it/faster_rcnn \\
         output/compare/seed0_2400it/faster_rcnn_sampling_free [--images 64]
 
-Each run is rebuilt from its ``config.yaml`` and ``model_final.pth`` in training mode (CPU) and
-fed the first ``--images`` images of its training set, through its training mapper, in batches of
-its training batch size (the same images and flips for every run: seeded). A cell is the L2 norm
-of d(loss term) / d(parameters of the part) for one batch, as the trainer would back-propagate
-it (guided scales included), averaged over the batches. Parts: the backbone's bottom-up network,
-the FPN, the RPN head, and per RoI stage the box head (the FC layers shared by classification
-and regression), the classifier and the box regressor.
+Each run is rebuilt from its ``config.yaml`` and ``model_final.pth`` (or ``--checkpoint``, e.g.
+``model_0000599.pth``) in training mode (CPU) and fed the first ``--images`` images of its
+training set, through its training mapper, in batches of its training batch size (the same
+images and flips for every run: seeded). A cell is the L2 norm of d(loss term) / d(parameters of
+the part) for one batch, as the trainer would back-propagate it (guided scales included),
+averaged over the batches. Parts: the backbone's bottom-up network, the FPN, the RPN head, and
+per RoI stage the box head (the FC layers shared by classification and regression), the
+classifier and the box regressor.
 
 Norms are not an optimizer's step (AdamW divides each parameter's step by the running size of
 its own gradient), but within one part they say which loss dominates the sum it trains on.
@@ -86,8 +87,8 @@ def training_batches(cfg, num_images):
     return [mapped[i:i + batch_size] for i in range(0, len(mapped), batch_size)]
 
 
-def mean_gradient_norms(run_dir, num_images):
-    cfg, model = load_run(run_dir)
+def mean_gradient_norms(run_dir, num_images, checkpoint="model_final.pth"):
+    cfg, model = load_run(run_dir, checkpoint)
     model.train()
     per_batch = []
     for batch in training_batches(cfg, num_images):
@@ -97,9 +98,9 @@ def mean_gradient_norms(run_dir, num_images):
                    for part in per_batch[0][loss]} for loss in per_batch[0]}
 
 
-def print_table(run_dir, norms):
+def print_table(run_dir, checkpoint, norms):
     parts = list(next(iter(norms.values())))
-    print(f"\n{os.path.basename(os.path.normpath(run_dir))}\n")
+    print(f"\n{os.path.basename(os.path.normpath(run_dir))}, {checkpoint}\n")
     print("| loss | " + " | ".join(parts) + " |")
     print("|---|" + "---:|" * len(parts))
     for loss, row in norms.items():
@@ -111,12 +112,14 @@ def main(argv=None):
     parser.add_argument("runs", nargs="+", help="output directories of train_net.py (R-CNNs)")
     parser.add_argument("--images", type=int, default=64,
                         help="training images to average over (default 64)")
+    parser.add_argument("--checkpoint", default="model_final.pth",
+                        help="checkpoint file of each run to load (default model_final.pth)")
     args = parser.parse_args(argv)
     if args.images < 1:
         parser.error(f"--images must be >= 1, got {args.images}")
     torch.set_flush_denormal(True)
     for run in args.runs:
-        print_table(run, mean_gradient_norms(run, args.images))
+        print_table(run, args.checkpoint, mean_gradient_norms(run, args.images, args.checkpoint))
     return 0
 
 

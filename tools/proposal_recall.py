@@ -61,18 +61,18 @@ def run_rpn(model, batch, topk=None):
     return images, features, [p[:topk] for p in proposals] if topk else proposals
 
 
-def load_run(run_dir):
+def load_run(run_dir, checkpoint="model_final.pth"):
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.config import LazyConfig, instantiate
 
-    for name in ("config.yaml", "model_final.pth"):
+    for name in ("config.yaml", checkpoint):
         if not os.path.isfile(os.path.join(run_dir, name)):
             raise FileNotFoundError(f"No {os.path.join(run_dir, name)}: has the run finished?")
     cfg = LazyConfig.load(os.path.join(run_dir, "config.yaml"))
     model = instantiate(cfg.model).eval()
     if getattr(model, "proposal_generator", None) is None:
         raise ValueError(f"{run_dir}: the model has no proposal generator (not an R-CNN)")
-    DetectionCheckpointer(model).load(os.path.join(run_dir, "model_final.pth"))
+    DetectionCheckpointer(model).load(os.path.join(run_dir, checkpoint))
     return cfg, model
 
 
