@@ -70,6 +70,31 @@ def test_each_loss_reaches_only_its_parts_and_norms_match_a_backward_pass():
         assert norms["loss_box_reg"][part] == pytest.approx(value, rel=1e-5)
 
 
+def test_roi_statistics_count_the_sampled_or_all_rois_and_their_foreground_ious():
+    model, batch = faster_rcnn_and_batch()
+    torch.manual_seed(5)
+    num_rois, ious = loss_gradients.roi_training_stats(model, batch)
+    # detectron2's sampler: at most 128 RoIs per image; the 2 ground-truth boxes it appends are
+    # foreground with IoU 1, and every foreground RoI overlaps its box by at least 0.5.
+    assert 2 < num_rois <= 128
+    assert (ious >= 0.5).all() and int((ious > 0.999).sum()) >= 2
+
+    # Sampling-Free RoI heads: every proposal of the RPN plus the 2 ground-truth boxes.
+    from hpf.modeling import SamplingFreeROIHeads
+
+    model.roi_heads.__class__ = SamplingFreeROIHeads
+    torch.manual_seed(5)
+    num_rois, ious = loss_gradients.roi_training_stats(model, batch)
+    with EventStorage():
+        images = model.preprocess_image(batch)
+        proposals, _ = model.proposal_generator(
+            images, model.backbone(images.tensor), [batch[0]["instances"]])
+    assert num_rois == len(proposals[0]) + 2 > 128
+    assert (ious >= 0.5).all()
+    summary = loss_gradients.roi_summary(num_rois, ious, 1)
+    assert f"{num_rois:.1f} per image, {ious.numel():.1f} foreground" in summary
+
+
 def test_training_batches_are_the_first_images_in_training_batches(datasets_root):
     from hpf.data.datasets import TINY_SHAPES_SPEC, register_shapes
 

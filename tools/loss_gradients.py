@@ -14,7 +14,8 @@ images and flips for every run: seeded). A cell is the L2 norm of d(loss term) /
 the part) for one batch, as the trainer would back-propagate it (guided scales included),
 averaged over the batches. Parts: the backbone's bottom-up network, the FPN, the RPN head, and
 per RoI stage the box head (the FC layers shared by classification and regression), the
-classifier and the box regressor.
+classifier and the box regressor. Below each table: the RoIs that train the (first) RoI stage
+on these images, and how well the foreground ones overlap their ground truth.
 
 Norms are not an optimizer's step (AdamW divides each parameter's step by the running size of
 its own gradient), but within one part they say which loss dominates the sum it trains on.
@@ -87,24 +88,58 @@ def training_batches(cfg, num_images):
     return [mapped[i:i + batch_size] for i in range(0, len(mapped), batch_size)]
 
 
-def mean_gradient_norms(run_dir, num_images, checkpoint="model_final.pth"):
+@torch.no_grad()
+def roi_training_stats(model, batch):
+    """(RoIs, IoU of each foreground RoI with its ground-truth box) of one batch: what trains
+    the (first stage of the) RoI heads, labelled and sampled as the training forward does."""
+    from detectron2.structures.boxes import matched_pairwise_iou
+    from detectron2.utils.events import EventStorage
+
+    images = model.preprocess_image(batch)
+    targets = [x["instances"].to(model.device) for x in batch]
+    with EventStorage():
+        features = model.backbone(images.tensor)
+        proposals, _ = model.proposal_generator(images, features, targets)
+        rois = model.roi_heads.label_and_sample_proposals(proposals, targets)
+    num_classes = model.roi_heads.num_classes
+    foreground = [r[(r.gt_classes >= 0) & (r.gt_classes < num_classes)] for r in rois]
+    ious = [matched_pairwise_iou(r.proposal_boxes, r.gt_boxes) for r in foreground]
+    return sum(len(r) for r in rois), torch.cat(ious)
+
+
+def measure_run(run_dir, num_images, checkpoint="model_final.pth"):
+    """({loss: {part: gradient norm averaged over batches}}, RoI statistics of the images)."""
     cfg, model = load_run(run_dir, checkpoint)
     model.train()
-    per_batch = []
-    for batch in training_batches(cfg, num_images):
+    per_batch, num_rois, ious = [], 0, []
+    batches = training_batches(cfg, num_images)
+    for batch in batches:
         torch.manual_seed(0)  # the samplers of a baseline draw the same way for every run
         per_batch.append(gradient_norms(model, batch))
-    return {loss: {part: float(np.mean([b[loss][part] for b in per_batch]))
-                   for part in per_batch[0][loss]} for loss in per_batch[0]}
+        torch.manual_seed(0)
+        rois, batch_ious = roi_training_stats(model, batch)
+        num_rois += rois
+        ious.append(batch_ious)
+    norms = {loss: {part: float(np.mean([b[loss][part] for b in per_batch]))
+                    for part in per_batch[0][loss]} for loss in per_batch[0]}
+    return norms, roi_summary(num_rois, torch.cat(ious), sum(len(b) for b in batches))
 
 
-def print_table(run_dir, checkpoint, norms):
+def roi_summary(num_rois, ious, num_images):
+    return (f"RoIs training the first RoI stage: {num_rois / num_images:.1f} per image, "
+            f"{ious.numel() / num_images:.1f} foreground; IoU of the foreground with their "
+            f"ground truth: mean {ious.mean():.3f}, >= 0.8: {(ious >= 0.8).float().mean():.2f}, "
+            f">= 0.9: {(ious >= 0.9).float().mean():.2f}")
+
+
+def print_run(run_dir, checkpoint, norms, summary):
     parts = list(next(iter(norms.values())))
     print(f"\n{os.path.basename(os.path.normpath(run_dir))}, {checkpoint}\n")
     print("| loss | " + " | ".join(parts) + " |")
     print("|---|" + "---:|" * len(parts))
     for loss, row in norms.items():
         print(f"| {loss} | " + " | ".join(f"{row[p]:.3g}" for p in parts) + " |")
+    print(f"\n{summary}")
 
 
 def main(argv=None):
@@ -119,7 +154,7 @@ def main(argv=None):
         parser.error(f"--images must be >= 1, got {args.images}")
     torch.set_flush_denormal(True)
     for run in args.runs:
-        print_table(run, args.checkpoint, mean_gradient_norms(run, args.images, args.checkpoint))
+        print_run(run, args.checkpoint, *measure_run(run, args.images, args.checkpoint))
     return 0
 
 
