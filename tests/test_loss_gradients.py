@@ -111,6 +111,30 @@ def test_training_batches_are_the_first_images_in_training_batches(datasets_root
         assert len(a["instances"]) > 0
 
 
+def test_a_saved_run_prints_a_table_per_run_and_its_roi_statistics(datasets_root, tmp_path,
+                                                                    capsys):
+    from detectron2.checkpoint import DetectionCheckpointer
+    from hpf.data.datasets import TINY_SHAPES_SPEC, register_shapes
+
+    register_shapes(os.path.join(datasets_root, "shapes_tiny"), TINY_SHAPES_SPEC,
+                    names=("gradients_run_train", "gradients_run_val"))
+    cfg = LazyConfig.load(FASTER)
+    cfg.dataloader.train.dataset.names = "gradients_run_train"
+    cfg.dataloader.train.total_batch_size = 2
+    LazyConfig.save(cfg, str(tmp_path / "config.yaml"))
+    torch.manual_seed(0)
+    DetectionCheckpointer(instantiate(cfg.model), save_dir=str(tmp_path)).save("model_final")
+    assert loss_gradients.main([str(tmp_path), "--images", "3"]) == 0
+    out = capsys.readouterr().out
+    assert f"{tmp_path.name}, model_final.pth" in out
+    header = "| loss | fpn | backbone | rpn head | box head | classifier | box regressor |"
+    assert header in out
+    rows = [line for line in out.splitlines() if line.startswith("| loss_")]
+    assert [r.split(" | ")[0] for r in rows] == [
+        "| loss_cls", "| loss_box_reg", "| loss_rpn_cls", "| loss_rpn_loc"]
+    assert "RoIs training the first RoI stage:" in out and "foreground" in out
+
+
 def test_missing_runs_and_bad_image_counts_are_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.yaml"):
         loss_gradients.main([str(tmp_path)])
