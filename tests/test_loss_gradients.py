@@ -72,8 +72,16 @@ def test_each_loss_reaches_only_its_parts_and_norms_match_a_backward_pass():
 
 def test_roi_statistics_count_the_sampled_or_all_rois_and_their_foreground_ious():
     model, batch = faster_rcnn_and_batch()
-    torch.manual_seed(5)
-    num_rois, ious = loss_gradients.roi_training_stats(model, batch)
+
+    def roi_stats_of_a_training_forward():
+        torch.manual_seed(5)
+        with loss_gradients.recording_rois(model) as rois:
+            loss_gradients.gradient_norms(model, batch)
+        assert len(rois) == 1  # one call per forward, and the method restored after the block
+        assert "label_and_sample_proposals" not in vars(model.roi_heads)
+        return loss_gradients.roi_statistics(rois[0], model.roi_heads.num_classes)
+
+    num_rois, ious = roi_stats_of_a_training_forward()
     # detectron2's sampler: at most 128 RoIs per image; the 2 ground-truth boxes it appends are
     # foreground with IoU 1, and every foreground RoI overlaps its box by at least 0.5.
     assert 2 < num_rois <= 128
@@ -83,8 +91,8 @@ def test_roi_statistics_count_the_sampled_or_all_rois_and_their_foreground_ious(
     from hpf.modeling import SamplingFreeROIHeads
 
     model.roi_heads.__class__ = SamplingFreeROIHeads
+    num_rois, ious = roi_stats_of_a_training_forward()
     torch.manual_seed(5)
-    num_rois, ious = loss_gradients.roi_training_stats(model, batch)
     with EventStorage():
         images = model.preprocess_image(batch)
         proposals, _ = model.proposal_generator(

@@ -21,6 +21,7 @@ Norms are not an optimizer's step (AdamW divides each parameter's step by the ru
 its own gradient), but within one part they say which loss dominates the sum it trains on.
 """
 import argparse
+import contextlib
 import os
 import random
 import sys
@@ -88,20 +89,29 @@ def training_batches(cfg, num_images):
     return [mapped[i:i + batch_size] for i in range(0, len(mapped), batch_size)]
 
 
-@torch.no_grad()
-def roi_training_stats(model, batch):
-    """(RoIs, IoU of each foreground RoI with its ground-truth box) of one batch: what trains
-    the (first stage of the) RoI heads, labelled and sampled as the training forward does."""
-    from detectron2.structures.boxes import matched_pairwise_iou
-    from detectron2.utils.events import EventStorage
+@contextlib.contextmanager
+def recording_rois(model):
+    """Yields a list that gets the RoIs of every training forward inside the block: the labelled
+    and sampled proposals of the (first stage of the) RoI heads, as they train on them."""
+    heads = model.roi_heads
+    sample = heads.label_and_sample_proposals
+    recorded = []
 
-    images = model.preprocess_image(batch)
-    targets = [x["instances"].to(model.device) for x in batch]
-    with EventStorage():
-        features = model.backbone(images.tensor)
-        proposals, _ = model.proposal_generator(images, features, targets)
-        rois = model.roi_heads.label_and_sample_proposals(proposals, targets)
-    num_classes = model.roi_heads.num_classes
+    def recording(*args, **kwargs):
+        recorded.append(sample(*args, **kwargs))
+        return recorded[-1]
+
+    heads.label_and_sample_proposals = recording
+    try:
+        yield recorded
+    finally:
+        del heads.label_and_sample_proposals  # back to the class's method
+
+
+def roi_statistics(rois, num_classes):
+    """(RoIs, IoU of each foreground RoI with its ground-truth box) of one batch's RoIs."""
+    from detectron2.structures.boxes import matched_pairwise_iou
+
     foreground = [r[(r.gt_classes >= 0) & (r.gt_classes < num_classes)] for r in rois]
     ious = [matched_pairwise_iou(r.proposal_boxes, r.gt_boxes) for r in foreground]
     return sum(len(r) for r in rois), torch.cat(ious)
@@ -115,10 +125,10 @@ def measure_run(run_dir, num_images, checkpoint="model_final.pth"):
     batches = training_batches(cfg, num_images)
     for batch in batches:
         torch.manual_seed(0)  # the samplers of a baseline draw the same way for every run
-        per_batch.append(gradient_norms(model, batch))
-        torch.manual_seed(0)
-        rois, batch_ious = roi_training_stats(model, batch)
-        num_rois += rois
+        with recording_rois(model) as recorded:
+            per_batch.append(gradient_norms(model, batch))
+        batch_rois, batch_ious = roi_statistics(recorded[0], model.roi_heads.num_classes)
+        num_rois += batch_rois
         ious.append(batch_ious)
     norms = {loss: {part: float(np.mean([b[loss][part] for b in per_batch]))
                     for part in per_batch[0][loss]} for loss in per_batch[0]}
