@@ -12,7 +12,7 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from conftest import REPO
-from hpf.losses import prior_bias
+from hpf.losses import GuidedLossScale, prior_bias
 from hpf.modeling.priors import count_foreground_anchors, initialize_auto_priors
 
 sys.path.insert(0, os.path.join(REPO, "configs", "common", "models"))
@@ -210,6 +210,57 @@ def test_cascade_stages_each_guided_by_their_own_box_loss(guided_factor):
         ratios.append(logged[f"stage{k}/roi_head/guided_ratio"])
         assert logged[f"stage{k}/roi_head/num_rois"] >= logged[f"stage{k}/roi_head/num_fg"]
     assert len(set(ratios)) == 3 and min(ratios) > 0  # one ratio per stage
+
+
+def test_cascade_joint_guided_scaling_one_ratio_for_all_stages():
+    """cascade_guided_scaling="joint": every stage's CE times one ratio, factor x the summed box
+    losses over the summed CE; the same weights and data give the per-stage run's raw CE."""
+    data = batch((3, 1))
+    per_stage, joint = tiny_rcnn_cfg("cascade_sf"), tiny_rcnn_cfg("cascade_sf")
+    use_sampling_free_roi_heads(joint, cascade_guided_scaling="joint")
+    torch.manual_seed(0)
+    per_stage_model = instantiate(per_stage)
+    joint_model = instantiate(joint)
+    missing, unexpected = joint_model.load_state_dict(per_stage_model.state_dict(), strict=False)
+    # Only the ratios' buffers differ: one joint instead of one per stage.
+    assert missing and all(k.startswith("roi_heads.joint_loss_balance.") for k in missing)
+    assert unexpected and all(".loss_balance." in k for k in unexpected)
+    ref, ref_logged = train_step(per_stage_model, data)
+    losses, logged = train_step(joint_model, data)
+    # The raw CE of stage k: its per-stage scaled value 2 x box_k over 2 x its logged ratio.
+    raw_cls = [ref[f"loss_box_reg_stage{k}"].item() / ref_logged[f"stage{k}/roi_head/guided_ratio"]
+               for k in range(3)]
+    boxes = [losses[f"loss_box_reg_stage{k}"].item() for k in range(3)]
+    assert boxes == pytest.approx([ref[f"loss_box_reg_stage{k}"].item() for k in range(3)])
+    ratio = sum(boxes) / sum(raw_cls)
+    assert logged["roi_head/guided_ratio"] == pytest.approx(ratio, rel=1e-5)
+    for k in range(3):
+        assert losses[f"loss_cls_stage{k}"].item() == pytest.approx(2 * ratio * raw_cls[k], rel=1e-5)
+        assert f"stage{k}/roi_head/guided_ratio" not in logged
+        assert logged[f"stage{k}/roi_head/num_rois"] > 0
+    total_cls = sum(losses[f"loss_cls_stage{k}"].item() for k in range(3))
+    assert total_cls == pytest.approx(2 * sum(boxes), rel=1e-5)
+    # Not each stage at 2 x its own box loss any more (that is the per-stage reading).
+    assert losses["loss_cls_stage0"].item() != pytest.approx(2 * boxes[0], rel=1e-3)
+
+
+def test_cascade_guided_scaling_misconfigured():
+    with pytest.raises(ValueError, match="cascade_guided_scaling must be"):
+        use_sampling_free_roi_heads(tiny_rcnn_cfg("cascade"), cascade_guided_scaling="shared")
+    with pytest.raises(ValueError, match="needs a Cascade R-CNN"):
+        use_sampling_free_roi_heads(tiny_rcnn_cfg("faster"), cascade_guided_scaling="joint")
+    # A joint ratio on top of the predictors' own would scale the CE twice.
+    cfg = tiny_rcnn_cfg("cascade_sf")
+    use_sampling_free_roi_heads(cfg, cascade_guided_scaling="joint")
+    cfg.roi_heads.box_predictors[1].scale_classification = True
+    cfg.roi_heads.box_predictors[1].loss_balance = None
+    with pytest.raises(ValueError, match=r"box_predictors\[1\].scale_classification=True.*twice"):
+        instantiate(cfg)
+    cfg = tiny_rcnn_cfg("cascade_sf")
+    cfg.roi_heads.box_predictors[2].loss_balance = GuidedLossScale(2.0)
+    cfg.roi_heads.box_predictors[2].scale_classification = False
+    with pytest.raises(ValueError, match="loss_balance is unused"):
+        instantiate(cfg)
 
 
 def test_rpn_auto_prior_from_the_training_data(tmp_path):

@@ -23,20 +23,33 @@ def use_sampling_free_rpn(model, prior_prob="auto", guided_factor=1.0):
 
 
 def use_sampling_free_roi_heads(
-    model, test_score_thresh=1e-3, smooth_l1_beta=1.0, guided_factor=2.0
+    model, test_score_thresh=1e-3, smooth_l1_beta=1.0, guided_factor=2.0,
+    cascade_guided_scaling="per_stage",
 ):
     """RoI heads on all proposals (+ GT); each box predictor's softmax CE guided to
     ``guided_factor`` x its own box loss (the paper's 2; other values for ablations, every
-    cascade stage alike). ``test_score_thresh``: the official code's 1e-3, or "auto" (N_f / N
-    of the RoIs seen in training), or detectron2's 0.05. ``smooth_l1_beta``: the official RoI
-    box loss, smooth-L1 with beta 1, instead of detectron2's L1 (beta 0): the guided ratio ties
-    the classification loss to the box loss's value, and L1's larger value made it 2-3x heavier
-    (measured on the shapes data: projects/HPF/README.md)."""
+    cascade stage alike). ``cascade_guided_scaling="joint"``: Cascade R-CNN's stages share one
+    ratio, their summed box losses over their summed CE (the paper's "multiple RoI-subnets as
+    one RoI-subnet", read as one ratio). ``test_score_thresh``: the official code's 1e-3, or
+    "auto" (N_f / N of the RoIs seen in training), or detectron2's 0.05. ``smooth_l1_beta``:
+    the official RoI box loss, smooth-L1 with beta 1, instead of detectron2's L1 (beta 0): the
+    guided ratio ties the classification loss to the box loss's value, and L1's larger value
+    made it 2-3x heavier (measured on the shapes data: projects/HPF/README.md)."""
     roi_heads = model.roi_heads
     cascade = "box_predictors" in roi_heads
+    if cascade_guided_scaling not in ("per_stage", "joint"):
+        raise ValueError(
+            f"cascade_guided_scaling must be 'per_stage' or 'joint', got {cascade_guided_scaling!r}"
+        )
+    joint = cascade_guided_scaling == "joint"
+    if joint and not cascade:
+        raise ValueError("cascade_guided_scaling='joint' needs a Cascade R-CNN model config")
     roi_heads._target_ = SamplingFreeCascadeROIHeads if cascade else SamplingFreeROIHeads
+    if joint:
+        roi_heads.joint_loss_balance = L(GuidedLossScale)(factor=guided_factor)
     for predictor in roi_heads.box_predictors if cascade else [roi_heads.box_predictor]:
         predictor._target_ = SamplingFreeFastRCNNOutputLayers
-        predictor.loss_balance = L(GuidedLossScale)(factor=guided_factor)
+        predictor.scale_classification = not joint
+        predictor.loss_balance = None if joint else L(GuidedLossScale)(factor=guided_factor)
         predictor.test_score_thresh = test_score_thresh
         predictor.smooth_l1_beta = smooth_l1_beta

@@ -22,6 +22,9 @@ class SamplingFreeFastRCNNOutputLayers(FastRCNNOutputLayers):
       paper's rule for RoI heads ("the box loss is ~2x the classification loss" under biased
       sampling, kept for consistency). No optimal bias here: the RPN already removed most of
       the imbalance (paper Sec. 3.4).
+    * ``scale_classification=False`` leaves the CE unscaled (and ``loss_balance`` unused), for a
+      cascade head that scales all its stages with one ratio
+      (``SamplingFreeCascadeROIHeads(joint_loss_balance=...)``).
     * ``box_reg_normalizer``: ``"foreground"`` divides the summed box loss by 4 x the
       foreground RoIs (a mean over their coordinates, the official code's N_pos x 4);
       ``"rois"`` keeps detectron2's division by all RoIs, which with ~1-2k RoIs per image
@@ -32,9 +35,9 @@ class SamplingFreeFastRCNNOutputLayers(FastRCNNOutputLayers):
       ``"auto"``: the adaptive threshold N_f / N (Table 2) of the RoIs this stage trained on,
       counted over the whole training (summed over processes, kept in the checkpoint).
 
-    Logs ``roi_head/guided_ratio`` (L_reg / L_cls, before the factor), ``roi_head/num_fg`` and
-    ``roi_head/num_rois`` (per image) every iteration; Cascade R-CNN prefixes them with
-    ``stage{k}/``.
+    Logs ``roi_head/guided_ratio`` (L_reg / L_cls, before the factor; not when
+    ``scale_classification=False``), ``roi_head/num_fg`` and ``roi_head/num_rois`` (per image)
+    every iteration; Cascade R-CNN prefixes them with ``stage{k}/``.
     """
 
     def __init__(
@@ -42,6 +45,7 @@ class SamplingFreeFastRCNNOutputLayers(FastRCNNOutputLayers):
         input_shape,
         *,
         loss_balance: Optional[torch.nn.Module] = None,
+        scale_classification: bool = True,
         box_reg_normalizer: str = "foreground",
         test_score_thresh: Union[float, str] = 0.05,
         **kwargs,
@@ -58,7 +62,13 @@ class SamplingFreeFastRCNNOutputLayers(FastRCNNOutputLayers):
         if kwargs.get("smooth_l1_beta", 0.0) < 0:
             raise ValueError(f"smooth_l1_beta must be >= 0, got {kwargs['smooth_l1_beta']!r}")
         super().__init__(input_shape, test_score_thresh=test_score_thresh, **kwargs)
-        self.loss_balance = GuidedLossScale(factor=2.0) if loss_balance is None else loss_balance
+        if not scale_classification and loss_balance is not None:
+            raise ValueError("loss_balance is unused with scale_classification=False; leave it None")
+        if not scale_classification:
+            self.loss_balance = None
+        else:
+            self.loss_balance = GuidedLossScale(factor=2.0) if loss_balance is None else loss_balance
+        self.scale_classification = bool(scale_classification)
         self.box_reg_normalizer = box_reg_normalizer
         # (foreground RoIs, RoIs) this stage trained on, summed over iterations and processes:
         # what test_score_thresh="auto" reads.
@@ -72,11 +82,12 @@ class SamplingFreeFastRCNNOutputLayers(FastRCNNOutputLayers):
         if self.box_reg_normalizer == "foreground":
             # detectron2 divided the sum by the number of RoIs.
             losses["loss_box_reg"] = losses["loss_box_reg"] * (max(num_rois, 1) / max(4 * num_fg, 1))
-        losses["loss_cls"] = self.loss_balance(losses["loss_cls"], losses["loss_box_reg"])
-        self._update_foreground_stats(num_fg, num_rois)
         storage = get_event_storage()
+        if self.scale_classification:
+            losses["loss_cls"] = self.loss_balance(losses["loss_cls"], losses["loss_box_reg"])
+            storage.put_scalar("roi_head/guided_ratio", float(self.loss_balance.ratio))
+        self._update_foreground_stats(num_fg, num_rois)
         num_images = max(len(proposals), 1)
-        storage.put_scalar("roi_head/guided_ratio", float(self.loss_balance.ratio))
         storage.put_scalar("roi_head/num_fg", num_fg / num_images)
         storage.put_scalar("roi_head/num_rois", num_rois / num_images)
         return losses

@@ -4,8 +4,12 @@ boxes detectron2 appends) trains the box head, with no mini-batch biased samplin
 R-CNN: stage 1 trains on all proposals too (detectron2's later stages already relabel all
 boxes of the previous stage without sampling).
 """
+from typing import Optional
+
 import torch
+from detectron2.config import configurable
 from detectron2.modeling.roi_heads import CascadeROIHeads, StandardROIHeads
+from detectron2.utils.events import get_event_storage
 
 __all__ = ["SamplingFreeCascadeROIHeads", "SamplingFreeROIHeadsMixin", "SamplingFreeROIHeads"]
 
@@ -33,4 +37,49 @@ class SamplingFreeROIHeads(SamplingFreeROIHeadsMixin, StandardROIHeads):
 
 class SamplingFreeCascadeROIHeads(SamplingFreeROIHeadsMixin, CascadeROIHeads):
     """``CascadeROIHeads`` trained on all proposals; give every stage a
-    ``SamplingFreeFastRCNNOutputLayers`` (each is guided by its own box loss)."""
+    ``SamplingFreeFastRCNNOutputLayers``.
+
+    Guided loss scaling, two readings of "we regard the multiple RoI-subnets as one RoI-subnet"
+    (conference paper Sec. 3.4):
+
+    * ``joint_loss_balance=None`` (default): each stage's predictor scales its classification
+      loss by its own box loss.
+    * ``joint_loss_balance=GuidedLossScale(...)``: one ratio for all stages, sum of the box
+      losses over sum of the classification losses (Eq. 8 over the stages together); every
+      stage's CE is multiplied by it. The predictors must then have
+      ``scale_classification=False``. Logs ``roi_head/guided_ratio`` without a stage prefix.
+    """
+
+    @configurable
+    def __init__(self, *, joint_loss_balance: Optional[torch.nn.Module] = None, **kwargs):
+        super().__init__(**kwargs)
+        for k, predictor in enumerate(self.box_predictor):
+            scales = getattr(predictor, "scale_classification", None)
+            if scales is None:
+                raise TypeError(
+                    f"box_predictors[{k}] is a {type(predictor).__name__}; "
+                    "SamplingFreeCascadeROIHeads needs SamplingFreeFastRCNNOutputLayers"
+                )
+            if scales == (joint_loss_balance is not None):
+                raise ValueError(
+                    f"box_predictors[{k}].scale_classification={scales} with joint_loss_balance="
+                    f"{joint_loss_balance!r}: the classification loss would be scaled "
+                    f"{'twice' if scales else 'by nothing'}; set it to {not scales}"
+                )
+        self.joint_loss_balance = joint_loss_balance
+
+    def _forward_box(self, features, proposals, targets=None):
+        outputs = super()._forward_box(features, proposals, targets)
+        if not self.training or self.joint_loss_balance is None:
+            return outputs
+        stages = range(self.num_cascade_stages)
+        cls = [outputs[f"loss_cls_stage{k}"] for k in stages]
+        box = [outputs[f"loss_box_reg_stage{k}"] for k in stages]
+        self.joint_loss_balance(sum(cls), sum(box))  # updates the ratio
+        weight = self.joint_loss_balance.factor * self.joint_loss_balance.ratio
+        for k in stages:
+            outputs[f"loss_cls_stage{k}"] = weight.to(cls[k].dtype) * cls[k]
+        get_event_storage().put_scalar(
+            "roi_head/guided_ratio", float(self.joint_loss_balance.ratio)
+        )
+        return outputs
