@@ -46,7 +46,7 @@ class SamplingFreeCascadeROIHeads(SamplingFreeROIHeadsMixin, CascadeROIHeads):
       loss by its own box loss.
     * ``joint_loss_balance=GuidedLossScale(...)``: one ratio for all stages, sum of the box
       losses over sum of the classification losses (Eq. 8 over the stages together); every
-      stage's CE is multiplied by it. The predictors must then have
+      stage's CE is multiplied by it. Sampling-Free predictors must then have
       ``scale_classification=False``. Logs ``roi_head/guided_ratio`` without a stage prefix.
     """
 
@@ -54,17 +54,11 @@ class SamplingFreeCascadeROIHeads(SamplingFreeROIHeadsMixin, CascadeROIHeads):
     def __init__(self, *, joint_loss_balance: Optional[torch.nn.Module] = None, **kwargs):
         super().__init__(**kwargs)
         for k, predictor in enumerate(self.box_predictor):
-            scales = getattr(predictor, "scale_classification", None)
-            if scales is None:
-                raise TypeError(
-                    f"box_predictors[{k}] is a {type(predictor).__name__}; "
-                    "SamplingFreeCascadeROIHeads needs SamplingFreeFastRCNNOutputLayers"
-                )
-            if scales == (joint_loss_balance is not None):
+            # detectron2's own predictors leave their CE unscaled.
+            if joint_loss_balance is not None and getattr(predictor, "scale_classification", False):
                 raise ValueError(
-                    f"box_predictors[{k}].scale_classification={scales} with joint_loss_balance="
-                    f"{joint_loss_balance!r}: the classification loss would be scaled "
-                    f"{'twice' if scales else 'by nothing'}; set it to {not scales}"
+                    f"box_predictors[{k}].scale_classification=True with a joint_loss_balance: "
+                    "the classification loss would be scaled twice; set it to False"
                 )
         self.joint_loss_balance = joint_loss_balance
 
