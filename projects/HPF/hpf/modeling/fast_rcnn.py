@@ -68,7 +68,6 @@ class SamplingFreeFastRCNNOutputLayers(FastRCNNOutputLayers):
             self.loss_balance = None
         else:
             self.loss_balance = GuidedLossScale(factor=2.0) if loss_balance is None else loss_balance
-        self.scale_classification = bool(scale_classification)
         self.box_reg_normalizer = box_reg_normalizer
         # (foreground RoIs, RoIs) this stage trained on, summed over iterations and processes:
         # what test_score_thresh="auto" reads.
@@ -91,6 +90,10 @@ class SamplingFreeFastRCNNOutputLayers(FastRCNNOutputLayers):
         storage.put_scalar("roi_head/num_fg", num_fg / num_images)
         storage.put_scalar("roi_head/num_rois", num_rois / num_images)
         return losses
+
+    @property
+    def scale_classification(self) -> bool:
+        return self.loss_balance is not None
 
     def _update_foreground_stats(self, num_fg, num_rois):
         counts = torch.tensor([num_fg, num_rois], dtype=torch.float64,
