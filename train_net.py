@@ -36,6 +36,11 @@ logger = logging.getLogger("detectron2")
 def do_test(cfg, model):
     if "evaluator" not in cfg.dataloader:
         return {}
+    if cfg.get("test_time_augmentation") is not None:
+        # Evaluate through a test-time-augmentation wrapper of the trained model (e.g.
+        # hpf.modeling.DenseDetectorWithTTA); training and checkpoints are the model's own.
+        cfg.test_time_augmentation.model = unwrap_model(model)
+        model = instantiate(cfg.test_time_augmentation)
     ret = inference_on_dataset(
         model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
     )

@@ -13,9 +13,11 @@ from detectron2.data.transforms import ResizeShortestEdge
 from conftest import REPO
 from hpf.engine.config import has_key
 from hpf.losses import (
+    FocalLoss,
     GHMCLoss,
     GHMRLoss,
     GuidedLossScale,
+    OHEMLoss,
     ProgressiveFocalLoss,
     ProgressiveQualityFocalLoss,
     ProgressiveVarifocalLoss,
@@ -85,6 +87,12 @@ def test_config_loads_and_model_instantiates(path):
         bias = model.head.cls_score.bias
         assert group_of[id(bias)]["lr"] == pytest.approx(2 * cfg.optimizer.lr)
         assert group_of[id(bias)]["weight_decay"] == 0.0
+    # Learned Sampling-Free weights (delta, sigma_i) train at the base lr with weight decay:
+    # the official optimizer exempts only parameters named "bias".
+    for pname, p in model.named_parameters():
+        if "loss_balance." in pname:
+            assert group_of[id(p)]["lr"] == pytest.approx(cfg.optimizer.lr), pname
+            assert group_of[id(p)]["weight_decay"] == pytest.approx(cfg.optimizer.weight_decay), pname
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=_ids)
@@ -135,15 +143,33 @@ def test_progressive_quality_losses():
     assert vfl._target_ is ProgressiveVarifocalLoss and vfl.w == 1.5 and vfl.sampling == "level"
 
 
+# Ablations that drop one Sampling-Free ingredient on purpose (test_sampling_free_ablations).
+SF_ABLATIONS = ("_bias_only_", "_scaling_only_", "retinanet_sampling_free_focal_")
+
+
 @pytest.mark.parametrize(
-    "path", [p for p in CONFIGS if "sampling_free" in p and "rcnn" not in p], ids=_ids
+    "path", [p for p in CONFIGS if "sampling_free" in p and "rcnn" not in p
+             and not any(a in p for a in SF_ABLATIONS)], ids=_ids
 )
 def test_sampling_free_configs(path):
+    """COCO: the official code of each row (RetinaNet / FCOS: delta^2 weighting; ATSS: the
+    GuidedLoss form; fixed prior and threshold). Shapes: the data's own "auto" values."""
     model = LazyConfig.load(path).model
     assert model.cls_loss._target_ is SamplingFreeCELoss
     assert model.loss_balance._target_ is GuidedLossScale
-    assert model.prior_prob == "auto"
-    assert model.test_score_thresh == "auto"
+    name = os.path.basename(path)
+    if "Shapes" in path:
+        assert model.prior_prob == "auto" and model.test_score_thresh == "auto"
+        return
+    arch = name.split("_")[0]
+    official = {"retinanet": ("learned_scale", 1e-5), "fcos": ("learned_scale", 1e-4),
+                "atss": ("guided_loss", 3e-3)}[arch]
+    assert (model.loss_balance.mode, model.prior_prob) == official
+    assert model.test_score_thresh == 1e-3
+    if arch == "atss":
+        assert (model.loss_balance.num_losses, model.loss_balance.freeze_after) == (3, 100)
+    if arch == "retinanet" and "ghmr" not in name:  # GHM-R's row ran in mmdetection's GHM code
+        assert model.test_nms_thresh == 0.4
 
 
 @pytest.mark.parametrize("name", ["faster_rcnn_R18h_FPN", "faster_rcnn_R18h_FPN_sampling_free"])
@@ -160,27 +186,83 @@ def test_shapes_sgd_configs_change_only_the_optimizer(name):
         assert sgd[key] == adamw[key], key
 
 
-@pytest.mark.parametrize("name", _coco("*ghm*.py"))
+GHMC_CLS = (GHMCLoss, dict(bins=30, momentum=0.75, per_level=True))
+GHMR_BOX = (GHMRLoss, dict(mu=0.02, bins=10, momentum=0.7, loss_weight=10.0))
+# The GHM paper's RetinaNet rows in the official GHM setup: (classification, box loss or None
+# for smooth L1) as (target, arguments).
+GHM_RETINANET = {
+    "retinanet_ghmc_R_50_FPN_1x": (GHMC_CLS, None),  # Table 4 "GHM-C"
+    "retinanet_ghm_R_50_FPN_1x": (GHMC_CLS, GHMR_BOX),  # Table 5 "GHM-R"
+    # Table 1: no EMA
+    "retinanet_ghmc_noema_R_50_FPN_1x": ((GHMCLoss, dict(bins=30, momentum=0.0)), None),
+    # Table 4 "CE": one unit region, no EMA, x20
+    "retinanet_ce_R_50_FPN_1x": (
+        (GHMCLoss, dict(bins=1, momentum=0.0, per_level=True, loss_weight=20.0)), None),
+    "retinanet_ohem_R_50_FPN_1x": ((OHEMLoss, dict(neg_pos_ratio=3.0)), None),  # Table 4
+    # Table 5 "ASL1": GHM-R with one unit region and no EMA
+    "retinanet_ghmc_asl1_R_50_FPN_1x": (
+        GHMC_CLS, (GHMRLoss, dict(mu=0.02, bins=1, momentum=0.0, loss_weight=10.0))),
+}
+
+
+def test_ghm_retinanet_configs_are_listed():
+    assert {n for n in _coco("retinanet_ghm*.py") if "sampling_free" not in n} <= set(GHM_RETINANET)
+
+
+@pytest.mark.parametrize("name", sorted(GHM_RETINANET))
 def test_ghm_configs(name):
     cfg = _load(name)
     assert cfg.train.clip_grad.max_norm == 35.0
-    loss = cfg.model.cls_loss
-    assert loss._target_ is GHMCLoss
-    assert (loss.bins, loss.momentum, loss.per_level) == (30, 0.75, True)
     assert cfg.model.prior_prob == 0.01
     assert list(cfg.model.box2box_transform.weights) == [1.0, 1.0, 1.0, 1.0]
     assert cfg.lr_multiplier.warmup_factor == pytest.approx(1 / 3)
-    if name.startswith("retinanet_ghm_"):
-        box = cfg.model.box_loss
-        assert box._target_ is GHMRLoss
-        assert (box.mu, box.bins, box.momentum, box.loss_weight) == (0.02, 10, 0.7, 10.0)
-    else:
+    (cls_target, cls_args), box = GHM_RETINANET[name]
+    assert cfg.model.cls_loss._target_ is cls_target
+    assert {k: cfg.model.cls_loss[k] for k in cls_args} == cls_args
+    if box is None:
         assert cfg.model.box_loss is None and cfg.model.smooth_l1_beta == 0.11
+    else:
+        assert cfg.model.box_loss._target_ is box[0]
+        assert {k: cfg.model.box_loss[k] for k in box[1]} == box[1]
 
 
 @pytest.mark.parametrize("name", _coco("*.py"))
 def test_gradient_clipping_only_in_ghm_configs(name):
-    assert bool(_load(name).train.get("clip_grad")) == ("ghm" in name)
+    # The official GHM (mmdetection) setup clips at 35; the GHM paper's RetinaNet rows share it.
+    ghm_setup = name in GHM_RETINANET or name.startswith("retinanet_ghm")
+    assert bool(_load(name).train.get("clip_grad")) == ghm_setup
+
+
+@pytest.mark.parametrize("name, base, field", [
+    ("retinanet_ghmc_noema_R_50_FPN_1x", "retinanet_ghmc_R_50_FPN_1x", "cls_loss"),
+    ("retinanet_ce_R_50_FPN_1x", "retinanet_ghmc_R_50_FPN_1x", "cls_loss"),
+    ("retinanet_ohem_R_50_FPN_1x", "retinanet_ghmc_R_50_FPN_1x", "cls_loss"),
+    ("retinanet_ghmc_asl1_R_50_FPN_1x", "retinanet_ghm_R_50_FPN_1x", "box_loss"),
+    # HPF Table 4 "P.F." only / Table 5 "all-level" and "per-sample" at 1.5x
+    ("atss_hpf_all_R_50_FPN_1_5x", "atss_hpf_R_50_FPN_1_5x", "cls_loss"),
+    ("atss_hpf_image_R_50_FPN_1_5x", "atss_hpf_R_50_FPN_1_5x", "cls_loss"),
+])
+def test_ablation_configs_change_one_model_field(name, base, field):
+    cfg, base = _load(name), _load(base)
+    assert cfg.model[field] != base.model[field]
+    _same_except(cfg, base, [field])
+
+
+def test_swin_l_mstest_config():
+    """HPF Table 9's 55.1 row: the Swin-L config evaluated through DenseDetectorWithTTA at
+    mmdetection's (1200, 800) ... (1600, 1200) with flip, merged at the model's NMS and cap."""
+    from hpf.modeling import DenseDetectorWithTTA
+
+    cfg, base = _load("atss_hpf_Swin_L_FPN_ms_2x_mstest"), _load("atss_hpf_Swin_L_FPN_ms_2x")
+    tta = cfg.test_time_augmentation
+    assert tta._target_ is DenseDetectorWithTTA
+    assert [tuple(s) for s in tta.sizes] == [(800, 1200), (900, 1300), (1000, 1500), (1200, 1600)]
+    assert tta.flip is True and "nms_thresh" not in tta and "max_detections_per_image" not in tta
+    assert (cfg.model.test_nms_thresh, cfg.model.max_detections_per_image) == (0.6, 100)
+    assert len(cfg.dataloader.test.mapper.augmentations) == 0  # the wrapper resizes
+    assert "test_time_augmentation" not in base
+    base.dataloader.test.mapper.augmentations = []
+    _same_except(cfg, base)
 
 
 @pytest.mark.parametrize("name", _coco("*_1_5x.py"))
@@ -199,7 +281,7 @@ def test_1_5x_schedule_is_the_hpf_papers(name):
         assert cfg.model.centerness_loss_weight == 1.0  # the official code's (paper text: 0.5)
 
 
-@pytest.mark.parametrize("name", _coco("*_2x.py"))
+@pytest.mark.parametrize("name", _coco("atss_*_2x.py"))  # mmdetection's 24 epochs
 def test_2x_schedule(name):
     cfg = _load(name)
     assert cfg.train.max_iter == 176000
@@ -221,6 +303,8 @@ def test_train_resize(name):
         assert tuple(resize.short_edge_length) == tuple(range(640, 801, 32))
     else:
         assert resize.short_edge_length == 800  # single scale, as the papers
+    if "test_time_augmentation" in cfg:  # its wrapper resizes (test_swin_l_mstest_config)
+        return
     test_resize = cfg.dataloader.test.mapper.augmentations[0]
     assert test_resize.short_edge_length == 800 and test_resize.max_size == 1333
 
@@ -246,7 +330,7 @@ def test_rcnn_configs(name):
     from hpf.modeling import SamplingFreeFastRCNNOutputLayers, SamplingFreeRPN
 
     cfg = _load(name)
-    sf_rpn, sf_roi = RCNN_SF[name.replace("R_101", "R_50")]
+    sf_rpn, sf_roi = RCNN_SF[name.replace("R_101", "R_50").replace("_2x", "_1x")]
     rpn = cfg.model.proposal_generator
     assert rpn._target_ is (SamplingFreeRPN if sf_rpn else RPN)
     if sf_rpn:
@@ -259,14 +343,133 @@ def test_rcnn_configs(name):
         assert p.test_score_thresh == (1e-3 if sf_roi else 0.05)
         if sf_roi:
             assert p.loss_balance.factor == 2.0
-            assert p.smooth_l1_beta == 1.0  # the official RoI box loss
+        # Baseline and Sampling-Free share their box losses: maskrcnn-benchmark's smooth L1
+        # (beta 1/9 RPN, 1 RoI) for the rows trained there, detectron2's L1 for Cascade R-CNN.
+        if name.startswith("cascade"):
+            assert "smooth_l1_beta" not in p and "smooth_l1_beta" not in rpn
         else:
-            assert "smooth_l1_beta" not in p  # detectron2's L1
+            assert p.smooth_l1_beta == 1.0 and rpn.smooth_l1_beta == pytest.approx(1 / 9)
     has_mask = name.startswith("mask")
     assert (roi.get("mask_head") is not None) == has_mask
     assert cfg.dataloader.train.mapper.get("use_instance_mask", False) == has_mask
     assert cfg.model.backbone.bottom_up.stages.depth == (101 if "R_101" in name else 50)
-    assert cfg.optimizer.lr == 0.02 and cfg.train.max_iter == 90000
+    assert cfg.optimizer.lr == 0.02
+    assert cfg.train.max_iter == (180000 if name.endswith("_2x") else 90000)
+
+
+def _same_except(cfg, base, model_fields=(), keys=("model", "dataloader", "optimizer",
+                                                     "lr_multiplier", "train")):
+    """cfg equals base in every key, except the model fields it names (set from cfg)."""
+    for field in model_fields:
+        base.model[field] = cfg.model[field]
+    for key in keys:
+        assert cfg[key] == base[key], key
+
+
+SF_R50 = "retinanet_sampling_free_R_50_FPN_1x"
+
+
+@pytest.mark.parametrize("name, changed", [
+    # Conference Table 3 columns (journal Table IV(a)) and the focal baseline of the papers.
+    ("retinanet_sampling_free_bias_only_R_50_FPN_1x", {"loss_balance": None}),
+    ("retinanet_sampling_free_scaling_only_R_50_FPN_1x", {"prior_prob": 0.01}),
+    ("retinanet_sampling_free_focal_R_50_FPN_1x", {"cls_loss": FocalLoss}),
+    ("retinanet_fl_R_50_FPN_1x", {"cls_loss": FocalLoss, "loss_balance": None,
+                                  "prior_prob": 0.01, "test_score_thresh": 0.05}),
+])
+def test_sampling_free_ablations(name, changed):
+    """Each ablation changes only its ingredients of the Sampling-Free config."""
+    cfg, base = _load(name), _load(SF_R50)
+    assert base.model.loss_balance._target_ is GuidedLossScale
+    for field, value in changed.items():
+        if field == "cls_loss":
+            assert cfg.model.cls_loss._target_ is value
+            assert (cfg.model.cls_loss.alpha, cfg.model.cls_loss.gamma) == (0.25, 2.0)
+        else:
+            assert cfg.model[field] == value, field
+    _same_except(cfg, base, changed)
+
+
+def test_ghmr_sampling_free_is_ghm_with_sampling_free_classification():
+    """Conference Table 6: GHM's config and GHM-R box loss, Sampling-Free's classification."""
+    cfg = _load("retinanet_ghmr_sampling_free_R_50_FPN_1x")
+    sf, ghm = _load(SF_R50).model, _load("retinanet_ghm_R_50_FPN_1x")
+    fields = ("cls_loss", "loss_balance", "prior_prob", "test_score_thresh")
+    for field in fields:
+        assert cfg.model[field] == sf[field], field
+    assert cfg.model.box_loss._target_ is GHMRLoss
+    assert list(cfg.model.box2box_transform.weights) == [1.0, 1.0, 1.0, 1.0]
+    assert cfg.train.clip_grad.max_norm == 35.0
+    _same_except(cfg, ghm, fields)
+
+
+@pytest.mark.parametrize("name", _coco("*_R_101_FPN_[12]x.py"))
+def test_r101_and_2x_configs_change_only_depth_and_schedule(name):
+    """R-101 rows (conference Table 7, journal Table V): the R-50 config with depth 101 and
+    MSRA R-101 weights; the 2x rows: the 1x config on 180k iterations, x0.1 at 120k / 160k."""
+    cfg = _load(name)
+    assert cfg.model.backbone.bottom_up.stages.depth == 101
+    assert cfg.train.init_checkpoint == "detectron2://ImageNetPretrained/MSRA/R-101.pkl"
+    if name.endswith("_2x"):
+        one_x = _load(name.replace("_2x", "_1x"))
+        lr = cfg.lr_multiplier
+        assert cfg.train.max_iter == lr.scheduler.num_updates == 180000
+        assert list(lr.scheduler.milestones) == [120000, 160000]
+        assert lr.warmup_factor == pytest.approx(1 / 3)
+        assert lr.warmup_length * 180000 == pytest.approx(500)
+        one_x.train.max_iter = 180000
+        _same_except(cfg, one_x, keys=("model", "dataloader", "optimizer", "train"))
+    else:
+        r50 = _load(name.replace("R_101", "R_50"))
+        r50.model.backbone.bottom_up.stages.depth = 101
+        r50.train.init_checkpoint = cfg.train.init_checkpoint
+        _same_except(cfg, r50)
+
+
+VOC_DIR = os.path.join(REPO, "configs", "PascalVOC-Detection")
+VOC_CONFIGS = {
+    # VOC config (journal Table VI): its COCO counterpart
+    "retinanet_R_50_FPN_0_2x": "retinanet_fl_R_50_FPN_1x",
+    "retinanet_sampling_free_R_50_FPN_0_2x": "retinanet_sampling_free_R_50_FPN_1x",
+    "faster_rcnn_R_50_FPN_0_2x": "faster_rcnn_R_50_FPN_1x",
+    "faster_rcnn_sampling_free_R_50_FPN_0_2x": "faster_rcnn_sampling_free_R_50_FPN_1x",
+}
+
+
+def test_voc_configs_are_listed():
+    found = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(VOC_DIR, "*.py")))
+    assert found == sorted(VOC_CONFIGS)
+
+
+@pytest.mark.parametrize("name", sorted(VOC_CONFIGS))
+def test_voc_configs(name):
+    """VOC 07+12 trainval -> 07 test with the VOC evaluator, 20 classes, 800 / 1333 input,
+    18k iterations (x0.1 at 12k, 16k); otherwise the COCO config's model and solver."""
+    from hpf.evaluation import build_evaluator
+
+    cfg = LazyConfig.load(os.path.join(VOC_DIR, name + ".py"))
+    coco = _load(VOC_CONFIGS[name])
+    data = cfg.dataloader
+    assert list(data.train.dataset.names) == ["voc_2007_trainval", "voc_2012_trainval"]
+    assert data.test.dataset.names == "voc_2007_test"
+    assert data.evaluator._target_ is build_evaluator
+    for split in ("train", "test"):
+        resize = data[split].mapper.augmentations[0]
+        assert resize._target_ is ResizeShortestEdge
+        assert (resize.short_edge_length, resize.max_size) == (800, 1333)
+    assert cfg.train.max_iter == cfg.lr_multiplier.scheduler.num_updates == 18000
+    assert list(cfg.lr_multiplier.scheduler.milestones) == [12000, 16000]
+    assert cfg.lr_multiplier.warmup_factor == pytest.approx(1 / 3)
+    rcnn = "rcnn" in name
+    assert (cfg.model.roi_heads.num_classes if rcnn else cfg.model.num_classes) == 20
+    if rcnn:
+        coco.model.roi_heads.num_classes = 20
+    else:
+        coco.model.num_classes = 20
+    assert cfg.model == coco.model
+    assert cfg.optimizer == coco.optimizer
+    coco.train.max_iter = 18000
+    assert cfg.train == coco.train
 
 
 BAD_INPUT_EXAMPLE = "train.max_itr"  # README.md's unknown-key example, a typo on purpose

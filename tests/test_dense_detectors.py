@@ -243,3 +243,55 @@ def test_bad_detector_arguments_name_the_argument():
 
     with pytest.raises(ValueError, match=r"widths \(8, 16\) and num_blocks \(2, 2, 2\)"):
         basic_resnet_stages(widths=(8, 16), num_blocks=(2, 2, 2))
+
+
+BALANCE_NUM_LOSSES = {"retinanet": 2, "fcos": 3, "atss": 3}
+
+
+@pytest.mark.parametrize("arch", ["retinanet", "fcos", "atss"])
+@pytest.mark.parametrize("mode", ["learned_scale", "guided_loss"])
+def test_learned_balance_is_part_of_the_model(arch, mode):
+    """The learned weights of the official Sampling-Free forms: an extra ``loss_*`` term in the
+    loss dict, parameters of the detector (state dict, optimizer with weight decay, gradients),
+    logged with the ratio; the guided_loss ratio is guided by the mean of the other losses."""
+    from detectron2.solver.build import get_default_optimizer_params
+
+    torch.manual_seed(0)
+    cfg = tiny_model_cfg(arch)
+    cfg.cls_loss = SamplingFreeCELoss()
+    num_losses = BALANCE_NUM_LOSSES[arch] if mode == "guided_loss" else None
+    cfg.loss_balance = GuidedLossScale(mode=mode, num_losses=num_losses)
+    model = instantiate(cfg)
+    model.train()
+    name = "loss_balance.delta" if mode == "learned_scale" else "loss_balance.sigmas"
+    assert name in dict(model.named_parameters()) and name in model.state_dict()
+    # The official optimizer decays every parameter except biases: so does detectron2's.
+    groups = get_default_optimizer_params(model, base_lr=0.01, weight_decay=1e-4,
+                                          weight_decay_norm=1e-4, bias_lr_factor=2.0,
+                                          weight_decay_bias=0.0)
+    param = dict(model.named_parameters())[name]
+    group = [g for g in groups if any(p is param for p in g["params"])][0]
+    assert group["weight_decay"] == 1e-4 and group["lr"] == 0.01
+
+    with EventStorage() as storage:
+        losses = model(batch((3, 1)))
+        cls_key = [k for k in losses if k.endswith("cls")][0]
+        assert f"{cls_key}_balance" in losses
+        assert losses[f"{cls_key}_balance"].item() == pytest.approx(0.0, abs=1e-6)  # weights at 1
+        others = [v for k, v in losses.items() if k != cls_key and not k.endswith("_balance")]
+        if mode == "learned_scale":
+            box_key = [k for k in losses if "box" in k or "loc" in k][0]
+            assert losses[cls_key].item() == pytest.approx(losses[box_key].item(), rel=1e-5)
+        else:
+            # sigma = 1 halves every loss; cls was scaled to the mean of the others.
+            assert losses[cls_key].item() == pytest.approx(
+                sum(v.item() for v in others) / len(others), rel=1e-5)
+        sum(losses.values()).backward()
+        assert param.grad is not None and torch.isfinite(param.grad).all()
+        assert param.grad.abs().sum() > 0
+        logged = storage.latest()
+        assert "guided_ratio" in logged
+        if mode == "learned_scale":
+            assert logged["delta_sq"][0] == 1.0
+        else:
+            assert logged[f"sigma_sq/{cls_key}"][0] == 1.0

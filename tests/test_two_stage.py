@@ -44,7 +44,7 @@ def tiny_rcnn_cfg(variant, rpn_prior=0.01, test_score_thresh=1e-3, rpn_guided_fa
         extra = {} if rpn_guided_factor is None else {"guided_factor": rpn_guided_factor}
         use_sampling_free_rpn(cfg, prior_prob=rpn_prior, **extra)
     if sf_roi:
-        use_sampling_free_roi_heads(cfg, test_score_thresh=test_score_thresh)
+        use_sampling_free_roi_heads(cfg, test_score_thresh=test_score_thresh, smooth_l1_beta=1.0)
     return cfg
 
 
@@ -157,6 +157,44 @@ def test_roi_heads_train_on_all_proposals(arch):
     # The RPN trains on every labelled anchor, not 256.
     assert sf["rpn/num_pos_anchors"] + sf["rpn/num_neg_anchors"] > 256
     assert baseline["rpn/num_pos_anchors"] + baseline["rpn/num_neg_anchors"] == 256
+
+
+@pytest.mark.parametrize("keep_rpn,keep_roi", [(True, False), (False, True), (True, True)])
+def test_hybrid_keeps_sampling_and_adds_guided_scaling(keep_rpn, keep_roi):
+    """The paper's Table 4 hybrids: sampling and guided scaling are independent switches. Where
+    sampling is kept, the head trains on detectron2's sampled batch (256 anchors / 512 RoIs per
+    image) and its classification loss is still guided to its box loss."""
+    from detectron2.modeling.roi_heads import StandardROIHeads
+
+    cfg = tiny_rcnn_cfg("faster")
+    use_sampling_free_rpn(cfg, prior_prob=0.01, keep_sampling=keep_rpn)
+    use_sampling_free_roi_heads(cfg, smooth_l1_beta=1.0, keep_sampling=keep_roi)
+    torch.manual_seed(0)
+    model = instantiate(cfg)
+    assert (type(model.roi_heads) is StandardROIHeads) == keep_roi
+    data = batch((3, 2), size=256)
+    losses, logged = train_step(model, data)
+    rpn_anchors = logged["rpn/num_pos_anchors"] + logged["rpn/num_neg_anchors"]
+    assert (rpn_anchors == 256) == keep_rpn
+    roi_samples = logged["roi_head/num_fg_samples"] + logged["roi_head/num_bg_samples"]
+    assert (roi_samples == 512) == keep_roi
+    assert losses["loss_cls"].item() == pytest.approx(2 * losses["loss_box_reg"].item(), rel=1e-5)
+    assert losses["loss_rpn_cls"].item() == pytest.approx(losses["loss_rpn_loc"].item(), rel=1e-5)
+
+
+def test_guided_scaling_switched_off_leaves_the_ce_unscaled():
+    cfg = tiny_rcnn_cfg("faster")
+    use_sampling_free_rpn(cfg, prior_prob=0.01, guided_scaling=False)
+    use_sampling_free_roi_heads(cfg, smooth_l1_beta=1.0, guided_scaling=False)
+    model = instantiate(cfg)
+    assert model.proposal_generator.loss_balance is None
+    assert model.roi_heads.box_predictor.loss_balance is None
+    losses, logged = train_step(model, batch((3, 1)))
+    assert "rpn/guided_ratio" not in logged and "roi_head/guided_ratio" not in logged
+    assert losses["loss_cls"].item() != pytest.approx(2 * losses["loss_box_reg"].item(), rel=1e-3)
+    with pytest.raises(ValueError, match="cascade_guided_scaling='joint' needs"):
+        use_sampling_free_roi_heads(tiny_rcnn_cfg("cascade"), cascade_guided_scaling="joint",
+                                    keep_sampling=True)
 
 
 @pytest.mark.parametrize("rpn_factor", [None, 3.0])  # the helper's default (1); an ablation's
@@ -334,7 +372,7 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="test_score_thresh"):
         instantiate(tiny_rcnn_cfg("faster_sf", test_score_thresh="adaptive"))
     cfg = tiny_rcnn_cfg("faster_sf")
-    assert instantiate(cfg).roi_heads.box_predictor.smooth_l1_beta == 1.0  # the configs' default
+    assert instantiate(cfg).roi_heads.box_predictor.smooth_l1_beta == 1.0
     cfg.roi_heads.box_predictor.smooth_l1_beta = -1.0
     with pytest.raises(ValueError, match="smooth_l1_beta must be >= 0, got -1.0"):
         instantiate(cfg)

@@ -1,5 +1,5 @@
 # ATSS R-50-FPN 1x with focal loss: the mmdetection ATSS that HPF builds on
-# (REFERENCE_SETTINGS.md section 1). HPF paper Table 1/4 "ATSS w/FL".
+# (zimoqingfeng/UMOP). HPF paper Table 1/4 "ATSS w/FL".
 from ..common.data.coco import dataloader
 from ..common.models.atss import model
 from ..common.models.backbones import set_backbone

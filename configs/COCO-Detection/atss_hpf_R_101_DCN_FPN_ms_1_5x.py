@@ -1,6 +1,6 @@
 # ATSS-HPF R-101-DCN (c3-c5), 18 epochs, multi-scale training: HPF Table 9 row "ATSS w/HPF
 # R-101-DCN 800 18 MS". Shorter side sampled from [640, 800] (Table 9 caption), long side <= 1333;
-# tested at 800. UMOP has no config for it (REFERENCE_SETTINGS section 2).
+# tested at 800. UMOP has no config for it.
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 

@@ -3,5 +3,5 @@
 from ..common.models.sampling_free import use_sampling_free_roi_heads
 from .cascade_rcnn_R18h_FPN_sampling_free import dataloader, lr_multiplier, model, optimizer, train
 
-use_sampling_free_roi_heads(model, cascade_guided_scaling="joint")
+use_sampling_free_roi_heads(model, smooth_l1_beta=1.0, cascade_guided_scaling="joint")
 train.output_dir = "output/shapes_cascade_rcnn_sampling_free_joint"

@@ -1,7 +1,7 @@
 # Faster R-CNN with Sampling-Free in the RPN and the RoI heads on the shapes dataset: the
-# baseline's settings otherwise.
+# settings of its baseline, faster_rcnn_R18h_FPN_smooth_l1.py, otherwise (box losses included).
 from ..common.models.sampling_free import use_sampling_free_roi_heads, use_sampling_free_rpn
-from .faster_rcnn_R18h_FPN import dataloader, lr_multiplier, model, optimizer, train
+from .faster_rcnn_R18h_FPN_smooth_l1 import dataloader, lr_multiplier, model, optimizer, train
 
 use_sampling_free_rpn(model)
 use_sampling_free_roi_heads(model)

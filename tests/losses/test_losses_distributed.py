@@ -1,5 +1,5 @@
 """Two gloo processes: statistics reduced across processes equal the single-process statistics
-of the concatenated inputs (HPF gamma_ad per level, GHM bin counts, frozen guided ratio)."""
+of the concatenated inputs (HPF gamma_ad per level, GHM bin counts, frozen guided ratios)."""
 
 import os
 import socket
@@ -87,9 +87,14 @@ def _worker(rank, port, out_dir):
             out[name] = (torch.stack(losses), grads, module.acc_sum.clone())
         scale = GuidedLossScale(freeze_after=2)
         cls, reg = guided[rank]
-        scale(cls * 2, reg)  # call 1: local ratio
-        scale(cls, reg)  # call 2: frozen at the mean over processes
-        out["guided"] = (scale.ratio.clone(), scale(torch.tensor(10.0), torch.tensor(1.0)).detach())
+        scale.scale(cls * 2, reg)  # call 1: local ratio
+        scale.scale(cls, reg)  # call 2: frozen at the mean over processes
+        out["guided"] = (scale.ratio.clone(), scale.scale(torch.tensor(10.0), torch.tensor(1.0)).detach())
+        # The official GuidedLoss form: ratio = mean of the other losses / cls, same freezing.
+        guided_loss = GuidedLossScale(mode="guided_loss", num_losses=2, freeze_after=2)
+        for c in (cls * 2, cls):
+            guided_loss({"loss_cls": c, "loss_box": reg}, "loss_cls", "loss_box")
+        out["guided_loss"] = guided_loss.state_dict()
         torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -166,3 +171,14 @@ def test_guided_ratio_frozen_to_process_mean(results):
         ratio, later = results[r]["guided"]
         assert ratio.item() == pytest.approx(0.875)
         assert later.item() == pytest.approx(8.75)  # 0.875 * cls 10, not the new ratio 0.1
+
+
+def test_guided_loss_ratio_frozen_alike_on_every_process_and_restored(results):
+    states = [results[r]["guided_loss"] for r in range(WORLD)]
+    for state in states:
+        assert state["ratio"].item() == pytest.approx(0.875) and int(state["num_calls"]) == 2
+    # A checkpoint of either process restores the frozen ratio in a fresh module.
+    fresh = GuidedLossScale(mode="guided_loss", num_losses=2, freeze_after=2)
+    fresh.load_state_dict(states[1])
+    out = fresh({"loss_cls": torch.tensor(10.0), "loss_box": torch.tensor(1.0)}, "loss_cls", "loss_box")
+    assert fresh.frozen and out["loss_cls"].item() == pytest.approx(0.875 * 10 / 2)

@@ -49,7 +49,7 @@ def test_module_without_freezing_recomputes_each_call():
     module = GuidedLossScale(factor=2.0)
     for w_reg in (0.5, 1.0, 3.0):
         _, cls, reg = losses(w_reg=w_reg)
-        assert module(cls, reg).item() == pytest.approx(2.0 * reg.item())
+        assert module.scale(cls, reg).item() == pytest.approx(2.0 * reg.item())
     assert module.ratio.item() == pytest.approx(0.9)  # reg = 3 * (1 + 2) = 9, cls = 10
     assert int(module.num_calls) == 3 and not module.frozen
 
@@ -57,12 +57,12 @@ def test_module_without_freezing_recomputes_each_call():
 def test_module_freezes_ratio_at_call_k_and_checkpoint_keeps_it():
     module = GuidedLossScale(freeze_after=2)
     _, cls, reg = losses(w_reg=0.5)  # ratio 0.15
-    assert module(cls, reg).item() == pytest.approx(1.5)
+    assert module.scale(cls, reg).item() == pytest.approx(1.5)
     _, cls, reg = losses(w_reg=1.0)  # call 2: ratio 3 / 10 = 0.3, frozen now
-    assert module(cls, reg).item() == pytest.approx(3.0)
+    assert module.scale(cls, reg).item() == pytest.approx(3.0)
     assert module.frozen
     theta, cls, reg = losses(w_cls=1.0, w_reg=5.0)  # cls = 5, reg = 15: ratio would be 3
-    out = module(cls, reg)
+    out = module.scale(cls, reg)
     assert out.item() == pytest.approx(0.3 * 5.0)  # frozen 0.3, not 3
     (grad,) = torch.autograd.grad(out, theta)
     torch.testing.assert_close(grad, 0.3 * 2 * theta.detach())
@@ -71,7 +71,7 @@ def test_module_freezes_ratio_at_call_k_and_checkpoint_keeps_it():
     assert set(state) == {"ratio", "num_calls"}
     fresh = GuidedLossScale(freeze_after=2)
     fresh.load_state_dict(state)
-    assert fresh.frozen and fresh(cls, reg).item() == pytest.approx(1.5)
+    assert fresh.frozen and fresh.scale(cls, reg).item() == pytest.approx(1.5)
     with pytest.raises(ValueError, match="freeze_after"):
         GuidedLossScale(freeze_after=0)
     for factor in (0, -2.0, "2"):

@@ -9,8 +9,8 @@ from hpf.modeling import ATSS, ATSSHead, ATSSMatcher, LastLevelP6P7NoReLU
 
 from ..data.constants import constants
 
-# ATSS R-50-FPN as in the mmdetection implementation HPF builds on
-# (../shared/REFERENCE_SETTINGS.md, section 1): pytorch-style ResNet (stride in the 3x3 conv,
+# ATSS R-50-FPN as in the mmdetection implementation HPF builds on (zimoqingfeng/UMOP's ATSS
+# head and assigner): pytorch-style ResNet (stride in the 3x3 conv,
 # torchvision ImageNet weights, RGB input), stem + res2 frozen, FrozenBN; FPN P3-P7 with
 # P6/P7 from P5 and no ReLU before P7; GN head with 4 convs per tower.
 model = L(ATSS)(

@@ -6,6 +6,8 @@ import numpy as np
 from detectron2.data.build import filter_images_with_only_crowd_annotations
 from detectron2.data.build import get_detection_dataset_dicts as _d2_get_detection_dataset_dicts
 
+from .voc import voc_layout_problem
+
 logger = logging.getLogger(__name__)
 
 DATASETS_DOC = "datasets/README.md"
@@ -18,6 +20,16 @@ def _missing_dataset_error(name, err):
         f"$DETECTRON2_DATASETS (now '{os.path.abspath(root)}'); COCO is expected as "
         "coco/annotations/instances_{train,val}2017.json, coco/{train,val}2017/ and "
         f"coco/annotations/image_info_test-dev2017.json + coco/test2017/. See {DATASETS_DOC}."
+    )
+
+
+def _missing_voc_error(name, problem):
+    root = os.path.abspath(os.environ.get("DETECTRON2_DATASETS", "datasets"))
+    return FileNotFoundError(
+        f"Dataset '{name}' cannot be loaded: {problem}. PASCAL VOC is expected as "
+        f"VOC2007/ and VOC2012/ under $DETECTRON2_DATASETS (now '{root}'), each with "
+        "Annotations/, ImageSets/Main/<split>.txt and JPEGImages/; voc_2007_test needs the "
+        f"VOC2007 test set unpacked into the same VOC2007/. See {DATASETS_DOC}."
     )
 
 
@@ -63,6 +75,11 @@ def get_detection_dataset_dicts(names, filter_empty=True, **kwargs):
     expected layout; degenerate boxes are dropped with one warning that counts them.
     """
     names = [names] if isinstance(names, str) else list(names)
+    for name in names:
+        # detectron2 would notice a missing JPEGImages/ only when a worker reads an image.
+        problem = voc_layout_problem(name)
+        if problem:
+            raise _missing_voc_error(name, problem)
     try:
         dicts = _d2_get_detection_dataset_dicts(names, filter_empty=False, **kwargs)
     except (FileNotFoundError, OSError) as e:

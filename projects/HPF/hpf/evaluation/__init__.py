@@ -1,3 +1,4 @@
+from .build import build_evaluator
 from .coco import COCOEvaluator
 
-__all__ = ["COCOEvaluator"]
+__all__ = ["COCOEvaluator", "build_evaluator"]

@@ -2,6 +2,7 @@
 
 from .focal import sigmoid_focal_loss
 from .ghm import GHMC, GHMR
+from .ohem import OHEMLoss
 from .pyramid import (
     FocalLoss,
     GHMCLoss,
@@ -17,10 +18,9 @@ from .quality_focal import (
     quality_focal_loss,
     varifocal_loss,
 )
+from .guided_scaling import GuidedLossScale, guided_loss_scale
 from .sampling_free import (
-    GuidedLossScale,
     adaptive_threshold,
-    guided_loss_scale,
     optimal_prior,
     prior_bias,
     sampling_free_ce_loss,
@@ -34,6 +34,7 @@ __all__ = [
     "SamplingFreeCELoss",
     "GHMCLoss",
     "GHMRLoss",
+    "OHEMLoss",
     "sigmoid_focal_loss",
     "progressive_focus_params",
     "ProgressiveFocalLoss",

@@ -4,16 +4,20 @@ from .dense_detector import PluggableLossMixin
 from .fast_rcnn import SamplingFreeFastRCNNOutputLayers
 from .fcos import FCOS
 from .fpn import LastLevelP6P7NoReLU
+from .ghm_fast_rcnn import GHMRFastRCNNOutputLayers
 from .matcher import ATSSMatcher
 from .retinanet import RetinaNet
 from .roi_heads import SamplingFreeCascadeROIHeads, SamplingFreeROIHeads
 from .rpn import SamplingFreeRPN
+from .test_time_augmentation import DenseDetectorWithTTA
 
 __all__ = [
     "ATSS",
     "ATSSHead",
     "ATSSMatcher",
+    "DenseDetectorWithTTA",
     "FCOS",
+    "GHMRFastRCNNOutputLayers",
     "LastLevelP6P7NoReLU",
     "PluggableLossMixin",
     "RetinaNet",

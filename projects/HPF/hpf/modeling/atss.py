@@ -1,6 +1,6 @@
 """
 ATSS (Zhang et al., CVPR 2020) as a detectron2 ``DenseDetector``, with the settings of the
-mmdetection implementation HPF is built on (../shared/REFERENCE_SETTINGS.md, section 1):
+mmdetection implementation HPF is built on:
 one square anchor of 8 x stride per location, ``ATSSMatcher`` (top-9 per level, mean + std IoU
 threshold), deltas with stds (0.1, 0.1, 0.2, 0.2), GIoU x 2 weighted by the centerness target,
 centerness BCE, and the classification loss pluggable (``PluggableLossMixin``).
@@ -142,11 +142,8 @@ class ATSS(PluggableLossMixin, DenseDetector):
         loss_ctr = self.centerness_loss_weight * loss_ctr / normalizer
         if num_pos == 0:  # keep every head parameter in the graph (DDP)
             loss_box = loss_box + 0.0 * sum(p.sum() for p in pred_deltas)
-        return {
-            "loss_cls": self._balance(loss_cls, loss_box),
-            "loss_box_reg": loss_box,
-            "loss_centerness": loss_ctr,
-        }
+        losses = {"loss_cls": loss_cls, "loss_box_reg": loss_box, "loss_centerness": loss_ctr}
+        return self._balance(losses, "loss_cls", "loss_box_reg")
 
     # --- inference ---------------------------------------------------------------------
     def forward_inference(self, images, features, predictions):
@@ -182,6 +179,10 @@ class ATSS(PluggableLossMixin, DenseDetector):
             scores.append(cls_prob[anchor_idx, class_idx] * ctr_prob[anchor_idx, 0])
             classes.append(class_idx)
         boxes, scores, classes = cat(boxes), cat(scores), cat(classes)
+        # Non-finite predictions (a diverged model) detect nothing, as in detectron2's R-CNN
+        # inference; Boxes.clip below would fail on them.
+        finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores)
+        boxes, scores, classes = boxes[finite], scores[finite], classes[finite]
         keep = batched_nms(boxes, scores, classes, self.test_nms_thresh)
         keep = keep[: self.max_detections_per_image]
         result = Instances(image_size)

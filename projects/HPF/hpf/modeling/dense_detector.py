@@ -36,7 +36,8 @@ class PluggableLossMixin:
       ``ProgressiveFocalLoss``, ``GHMCLoss``, ``SamplingFreeCELoss``, QFL/VFL and their
       progressive forms), called with per-level ``[B, A_l, C]`` logits and targets;
     * ``loss_balance``: ``None`` or ``GuidedLossScale`` (Sampling-Free guided scaling of the
-      classification loss against the box loss, conference paper Eq. 7-8);
+      classification loss against the other losses, conference paper Eq. 7-8, in one of its
+      official forms), called on the whole loss dict;
     * ``prior_prob``: a float, or ``"auto"`` for the optimal bias of Sampling-Free (Eq. 9-10),
       set from the training data by :func:`hpf.modeling.priors.initialize_auto_prior`;
     * ``test_score_thresh``: a float, or ``"auto"`` for the adaptive threshold N_f / N.
@@ -147,12 +148,16 @@ class PluggableLossMixin:
         self._log_level_stats(gt_labels, sizes)
         return loss
 
-    def _balance(self, loss_cls, loss_reg):
+    def _balance(self, losses, cls_key, box_key):
+        """The loss dict weighted by ``loss_balance`` (unchanged without one); logs its ratio
+        and learned weights."""
         if self.loss_balance is None:
-            return loss_cls
-        loss_cls = self.loss_balance(loss_cls, loss_reg)
-        get_event_storage().put_scalar("guided_ratio", float(self.loss_balance.ratio))
-        return loss_cls
+            return losses
+        losses = self.loss_balance(losses, cls_key, box_key)
+        storage = get_event_storage()
+        for name, value in self.loss_balance.scalars().items():
+            storage.put_scalar(name, value)
+        return losses
 
     def _log_level_stats(self, gt_labels, sizes):
         storage = get_event_storage()

@@ -83,8 +83,9 @@ class SamplingFreeFastRCNNOutputLayers(FastRCNNOutputLayers):
             losses["loss_box_reg"] = losses["loss_box_reg"] * (max(num_rois, 1) / max(4 * num_fg, 1))
         storage = get_event_storage()
         if self.scale_classification:
-            losses["loss_cls"] = self.loss_balance(losses["loss_cls"], losses["loss_box_reg"])
-            storage.put_scalar("roi_head/guided_ratio", float(self.loss_balance.ratio))
+            losses = self.loss_balance(losses, "loss_cls", "loss_box_reg")
+            for name, value in self.loss_balance.scalars().items():
+                storage.put_scalar(f"roi_head/{name}", value)
         self._update_foreground_stats(num_fg, num_rois)
         num_images = max(len(proposals), 1)
         storage.put_scalar("roi_head/num_fg", num_fg / num_images)

@@ -85,8 +85,5 @@ class FCOS(PluggableLossMixin, _D2FCOS):
         loss_ctr = F.binary_cross_entropy_with_logits(
             pred_ctr[pos_mask], ctr_targets[pos_mask], reduction="sum"
         ) / normalizer
-        return {
-            "loss_fcos_cls": self._balance(loss_cls, loss_box_reg),
-            "loss_fcos_loc": loss_box_reg,
-            "loss_fcos_ctr": loss_ctr,
-        }
+        losses = {"loss_fcos_cls": loss_cls, "loss_fcos_loc": loss_box_reg, "loss_fcos_ctr": loss_ctr}
+        return self._balance(losses, "loss_fcos_cls", "loss_fcos_loc")

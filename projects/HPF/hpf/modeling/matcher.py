@@ -5,7 +5,7 @@ via Adaptive Training Sample Selection", CVPR 2020 (arXiv:1912.02424), Algorithm
 behaviour follows mmdetection's ``ATSSAssigner`` (mmdet/core/bbox/assigners/atss_assigner.py
 in zimoqingfeng/UMOP, the official HPF code; same algorithm in open-mmlab/mmdetection
 mmdet/models/task_modules/assigners/atss_assigner.py), with ``ignore_iof_thr=-1`` (no ignored
-boxes) and without the DDOD ``alpha`` cost. See /work/shared/REFERENCE_SETTINGS.md section 1.
+boxes) and without the DDOD ``alpha`` cost.
 """
 
 from typing import List, Sequence, Tuple, Union

@@ -49,7 +49,8 @@ class RetinaNet(PluggableLossMixin, _D2RetinaNet):
         if self.box_loss is None:
             loss_box_reg = loss_box_reg / normalizer
         loss_box_reg = self.box_loss_weight * loss_box_reg
-        return {"loss_cls": self._balance(loss_cls, loss_box_reg), "loss_box_reg": loss_box_reg}
+        return self._balance({"loss_cls": loss_cls, "loss_box_reg": loss_box_reg},
+                             "loss_cls", "loss_box_reg")
 
     def _box_loss(self, anchors, pred_anchor_deltas, gt_boxes, pos_mask):
         if self.box_loss is None:

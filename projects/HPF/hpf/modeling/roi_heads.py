@@ -60,6 +60,11 @@ class SamplingFreeCascadeROIHeads(SamplingFreeROIHeadsMixin, CascadeROIHeads):
                     f"box_predictors[{k}].scale_classification=True with a joint_loss_balance: "
                     "the classification loss would be scaled twice; set it to False"
                 )
+        if joint_loss_balance is not None and joint_loss_balance.mode not in ("plain", "constant"):
+            raise ValueError(
+                "joint_loss_balance must have mode 'plain' or 'constant' (one weight for every "
+                f"stage), got {joint_loss_balance.mode!r}"
+            )
         self.joint_loss_balance = joint_loss_balance
 
     def _forward_box(self, features, proposals, targets=None):
@@ -69,8 +74,8 @@ class SamplingFreeCascadeROIHeads(SamplingFreeROIHeadsMixin, CascadeROIHeads):
         stages = range(self.num_cascade_stages)
         cls = [outputs[f"loss_cls_stage{k}"] for k in stages]
         box = [outputs[f"loss_box_reg_stage{k}"] for k in stages]
-        self.joint_loss_balance(sum(cls), sum(box))  # updates the ratio
-        weight = self.joint_loss_balance.factor * self.joint_loss_balance.ratio
+        self.joint_loss_balance.update_ratio(sum(cls), sum(box))
+        weight = self.joint_loss_balance.cls_weight
         for k in stages:
             outputs[f"loss_cls_stage{k}"] = weight.to(cls[k].dtype) * cls[k]
         get_event_storage().put_scalar(

@@ -8,7 +8,7 @@ import torch
 from detectron2.modeling.proposal_generator import RPN
 from detectron2.utils.events import get_event_storage
 
-from hpf.losses import GuidedLossScale, optimal_prior, prior_bias
+from hpf.losses import optimal_prior, prior_bias
 
 from .priors import anchors_for_image_size
 
@@ -20,9 +20,12 @@ class SamplingFreeRPN(RPN):
     detectron2's ``RPN`` trained the Sampling-Free way:
 
     * no sampling: ``_subsample_labels`` keeps every label (ignored anchors, -1, stay out);
+      ``keep_sampling=True`` keeps detectron2's mini-batch biased sampling instead (the hybrid
+      rows of the paper's Table 4);
     * objectness: sigmoid CE summed over all valid anchors, divided by the number of positive
       anchors, then rescaled by ``loss_balance`` against the box loss (guided loss scaling,
-      Eq. 7-8, ratio recomputed every iteration as the official RPN does);
+      Eq. 7-8; the official RPN's is ``GuidedLossScale(factor=1.0)``, the ratio recomputed
+      every iteration). ``None``: no guided scaling;
     * ``prior_prob``: the objectness bias b = -log((1 - pi) / pi) (Eq. 9-10). ``"auto"``
       computes pi = N_f / N (one class) from the training data's anchor matching before
       training (``hpf.modeling.priors``); a float sets it; None keeps detectron2's init (0).
@@ -42,9 +45,11 @@ class SamplingFreeRPN(RPN):
         loss_balance: Optional[torch.nn.Module] = None,
         prior_prob: Union[float, str, None] = "auto",
         box_reg_normalizer: str = "foreground",
+        keep_sampling: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.keep_sampling = keep_sampling
         if box_reg_normalizer not in ("foreground", "batch"):
             raise ValueError(
                 f"box_reg_normalizer must be 'foreground' or 'batch', got {box_reg_normalizer!r}"
@@ -54,7 +59,7 @@ class SamplingFreeRPN(RPN):
             not isinstance(prior_prob, (int, float)) or not 0 < prior_prob < 1
         ):
             raise ValueError(f"prior_prob must be in (0, 1), 'auto' or None, got {prior_prob!r}")
-        self.loss_balance = GuidedLossScale(factor=1.0) if loss_balance is None else loss_balance
+        self.loss_balance = loss_balance
         self.prior_prob = prior_prob
         # (N_f, N) of the training data behind "auto"; kept in the checkpoint.
         self.register_buffer("foreground_stats", torch.zeros(2, dtype=torch.float64))
@@ -65,6 +70,8 @@ class SamplingFreeRPN(RPN):
         torch.nn.init.constant_(self.rpn_head.objectness_logits.bias, prior_bias(pi))
 
     def _subsample_labels(self, label):
+        if self.keep_sampling:
+            return super()._subsample_labels(label)
         return label  # Sampling-Free: all anchors train
 
     def losses(self, anchors, pred_objectness_logits, gt_labels, pred_anchor_deltas, gt_boxes):
@@ -78,9 +85,12 @@ class SamplingFreeRPN(RPN):
         loss_cls = losses["loss_rpn_cls"] * (d2_normalizer / num_pos)
         if self.box_reg_normalizer == "foreground":
             losses["loss_rpn_loc"] = losses["loss_rpn_loc"] * (d2_normalizer / (4 * num_pos))
-        losses["loss_rpn_cls"] = self.loss_balance(loss_cls, losses["loss_rpn_loc"])
+        losses["loss_rpn_cls"] = loss_cls
         storage = get_event_storage()
-        storage.put_scalar("rpn/guided_ratio", float(self.loss_balance.ratio))
+        if self.loss_balance is not None:
+            losses = self.loss_balance(losses, "loss_rpn_cls", "loss_rpn_loc")
+            for name, value in self.loss_balance.scalars().items():
+                storage.put_scalar(f"rpn/{name}", value)
         pi = self._prior_value()
         if pi is not None:
             storage.put_scalar("rpn/prior_prob", pi)
