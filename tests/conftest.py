@@ -52,3 +52,36 @@ def datasets_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("datasets")
     ensure_tiny_shapes(os.path.join(root, "shapes_tiny"))
     return root
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one intra-op thread (a second one mostly waits on a busy 2-core machine)."""
+    num_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(num_threads)
+
+
+def synthetic_batch(num_boxes, size, num_classes, seed=0, spread=0.5, extent=0.45, min_side=10,
+                    masks=False):
+    """Detector inputs: one dict per image (``size`` x ``size`` random pixels) with
+    ``num_boxes[i]`` random boxes (corners in [0, spread x size), sides min_side + [0, extent x
+    size)), random classes and, with ``masks``, box-shaped masks."""
+    from detectron2.structures import BitMasks, Boxes, Instances
+
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for n in num_boxes:
+        xy = torch.rand(n, 2, generator=gen) * size * spread
+        wh = torch.rand(n, 2, generator=gen) * size * extent + min_side
+        boxes = torch.cat([xy, (xy + wh).clamp(max=size - 1)], 1)
+        inst = Instances((size, size), gt_boxes=Boxes(boxes),
+                         gt_classes=torch.randint(0, num_classes, (n,), generator=gen))
+        if masks:
+            inst.gt_masks = BitMasks.from_polygon_masks(
+                [[b[[0, 1, 2, 1, 2, 3, 0, 3]].numpy()] for b in boxes], size, size
+            ) if n else BitMasks(torch.zeros(0, size, size, dtype=torch.bool))
+        image = torch.randint(0, 255, (3, size, size), generator=gen).float()
+        out.append({"image": image, "instances": inst, "height": size, "width": size})
+    return out

@@ -12,10 +12,10 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from detectron2.modeling.meta_arch.fcos import FCOS as D2FCOS
 from detectron2.modeling.meta_arch.retinanet import RetinaNet as D2RetinaNet
-from detectron2.structures import Boxes, Instances
+from detectron2.structures import Boxes
 from detectron2.utils.events import EventStorage
 
-from conftest import REPO
+from conftest import REPO, synthetic_batch
 from hpf.losses import FocalLoss
 from hpf.modeling import FCOS, RetinaNet
 
@@ -29,13 +29,7 @@ HPF_ONLY = ("cls_loss", "box_loss", "loss_balance", "prior_prob", "box_loss_weig
             "loss_normalizer", "regress_ranges")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread (a second one mostly waits on a busy 2-core machine)."""
-    num_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(num_threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def model_cfgs(arch):
@@ -73,17 +67,7 @@ def twin_models(arch):
 
 
 def batch(num_boxes, seed):
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for n in num_boxes:
-        xy = torch.rand(n, 2, generator=gen) * SIZE * 0.5
-        wh = torch.rand(n, 2, generator=gen) * SIZE * 0.45 + 10
-        boxes = torch.cat([xy, (xy + wh).clamp(max=SIZE - 1)], 1)
-        inst = Instances((SIZE, SIZE), gt_boxes=Boxes(boxes),
-                         gt_classes=torch.randint(0, NUM_CLASSES, (n,), generator=gen))
-        image = torch.randint(0, 255, (3, SIZE, SIZE), generator=gen).float()
-        out.append({"image": image, "instances": inst, "height": SIZE, "width": SIZE})
-    return out
+    return synthetic_batch(num_boxes, SIZE, NUM_CLASSES, seed=seed)
 
 
 @pytest.mark.parametrize("arch,hpf_class,d2_class", [

@@ -13,10 +13,10 @@ import sys
 import pytest
 import torch
 from detectron2.config import LazyConfig, instantiate
-from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from conftest import REPO
+from conftest import REPO, synthetic_batch
 from hpf.modeling import ATSS, SamplingFreeFastRCNNOutputLayers
 from hpf.modeling.priors import foreground_stats_modules
 
@@ -42,13 +42,7 @@ CONFIGS.append(
     os.path.join(REPO, "configs", "Shapes", "cascade_rcnn_R18h_FPN_sampling_free_joint.py"))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread (a second one mostly waits on a busy 2-core machine)."""
-    num_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(num_threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _name(path):
@@ -93,22 +87,8 @@ def tiny_model(path):
 
 def batch(num_boxes, seed=0):
     """One dict per image (SIZE x SIZE) with ``num_boxes[i]`` boxes (and box-shaped masks)."""
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for n in num_boxes:
-        xy = torch.rand(n, 2, generator=gen) * SIZE * 0.5
-        wh = torch.rand(n, 2, generator=gen) * SIZE * 0.4 + 16
-        boxes = torch.cat([xy, (xy + wh).clamp(max=SIZE - 1)], 1)
-        inst = Instances((SIZE, SIZE), gt_boxes=Boxes(boxes),
-                         gt_classes=torch.randint(0, NUM_CLASSES, (n,), generator=gen))
-        if n:
-            inst.gt_masks = BitMasks.from_polygon_masks(
-                [[b[[0, 1, 2, 1, 2, 3, 0, 3]].numpy()] for b in boxes], SIZE, SIZE)
-        else:
-            inst.gt_masks = BitMasks(torch.zeros(0, SIZE, SIZE, dtype=torch.bool))
-        image = torch.randint(0, 255, (3, SIZE, SIZE), generator=gen).float()
-        out.append({"image": image, "instances": inst, "height": SIZE, "width": SIZE})
-    return out
+    return synthetic_batch(num_boxes, SIZE, NUM_CLASSES, seed=seed, extent=0.4, min_side=16,
+                           masks=True)
 
 
 @pytest.mark.parametrize("num_boxes", [(0, 0), (3, 0)], ids=["empty", "half_empty"])

@@ -8,26 +8,15 @@ from detectron2.config import LazyCall as L
 from detectron2.config import LazyConfig, instantiate
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.box_regression import Box2BoxTransform
-from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from conftest import REPO
+from conftest import REPO, synthetic_batch
 from hpf.losses import GHMR
 from hpf.modeling import GHMRFastRCNNOutputLayers
 
 
 def batch(num_boxes, size=96):
-    gen = torch.Generator().manual_seed(0)
-    out = []
-    for n in num_boxes:
-        inst = Instances((size, size))
-        xy = torch.rand(n, 2, generator=gen) * size * 0.6
-        wh = torch.rand(n, 2, generator=gen) * size * 0.35 + 12
-        inst.gt_boxes = Boxes(torch.cat([xy, (xy + wh).clamp(max=size - 1)], 1))
-        inst.gt_classes = torch.randint(0, 3, (n,), generator=gen)
-        image = torch.randint(0, 255, (3, size, size), generator=gen).float()
-        out.append({"image": image, "instances": inst, "height": size, "width": size})
-    return out
+    return synthetic_batch(num_boxes, size, 3, spread=0.6, extent=0.35, min_side=12)
 
 
 def test_box_reg_loss_by_hand():

@@ -52,7 +52,8 @@ def test_ce_config_starts_near_one():
     logits = [torch.full((2, n, 80), bias) for n in (900, 225, 64, 16, 4)]
     targets = [torch.zeros_like(x) for x in logits]
     value = loss(logits, targets, None, [torch.ones(x.shape[:2], dtype=torch.bool) for x in logits])
-    assert value.item() == pytest.approx(5 * 20 * -math.log(0.99), rel=1e-5)
+    # float32 sums of ~1.5e5 equal terms: their order (threads) moves the last digits
+    assert value.item() == pytest.approx(5 * 20 * -math.log(0.99), rel=1e-4)
     assert value.item() == pytest.approx(1.00503, abs=1e-4)
 
 

@@ -3,7 +3,6 @@ The ingredients HPF, GHM and Sampling-Free change in a detectron2 ``DenseDetecto
 constructor arguments: the classification loss, the loss balance, the prior and the test
 threshold. Subclasses override only ``losses``; labelling, heads and inference stay detectron2's.
 """
-from typing import Union
 
 import torch
 import torch.nn.functional as F
