@@ -1,12 +1,14 @@
-"""End-to-end robustness of every detector family config, with the checks detectron2 runs on its
+"""End-to-end robustness of every detector config, with the checks detectron2 runs on its
 own models: batches without instances and half-empty batches in training (finite losses and
 gradients) and in inference, inf / nan predictions given to a dense detector's inference, and
 inf / nan features given to the RPN and to the RoI heads.
 
-The COCO configs (R-50 variants of each family) are used with a tiny from-scratch backbone on
-96 px images and fewer proposals; everything else (heads, matchers, losses, samplers, priors,
+One config of every distinct detector (the COCO and VOC configs that differ only in backbone,
+schedule or data build the same detector) is used with a tiny from-scratch backbone on 96 px
+images and fewer proposals; everything else (heads, matchers, losses, samplers, priors,
 thresholds) is the config's.
 """
+import glob
 import os
 import sys
 
@@ -15,6 +17,7 @@ import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
+from omegaconf import OmegaConf
 
 from conftest import REPO, synthetic_batch
 from hpf.modeling import ATSS, SamplingFreeFastRCNNOutputLayers
@@ -25,18 +28,32 @@ from small_resnet import use_small_resnet_fpn, use_small_resnet_rcnn  # noqa: E4
 
 NUM_CLASSES = 3
 SIZE = 96
-# One config per detector family and loss variant (R-50 COCO configs: their heads, matchers,
-# losses and samplers; the backbone is replaced below).
-FAMILIES = [
-    "retinanet", "retinanet_hpf", "retinanet_ghm", "retinanet_sampling_free",
-    "fcos", "fcos_hpf", "fcos_sampling_free",
-    "atss", "atss_hpf", "atss_sampling_free",
-    "faster_rcnn", "faster_rcnn_sampling_free",
-    "mask_rcnn", "mask_rcnn_sampling_free",
-    "cascade_rcnn", "cascade_rcnn_sampling_free",
-]
-CONFIGS = [os.path.join(REPO, "configs", "COCO-Detection", f"{name}_R_50_FPN_1x.py")
-           for name in FAMILIES]
+# What the backbone swap below replaces, and what only sizes the data: configs that differ in
+# nothing else build the same detector, so one of each is tested.
+NOT_THE_DETECTOR = ("backbone", "pixel_mean", "pixel_std", "input_format", "num_classes")
+
+
+def _detector_signature(path):
+    model = OmegaConf.to_container(LazyConfig.load(path).model, resolve=False)
+    for key in NOT_THE_DETECTOR:
+        model.pop(key, None)
+    if "roi_heads" in model:
+        model["roi_heads"].pop("num_classes", None)
+    return repr(model)
+
+
+def _one_config_per_detector():
+    """The first config (in name order) of every distinct detector among the COCO and VOC
+    configs: every head, matcher, loss, sampler, balance and prior setting any config uses."""
+    paths = sorted(glob.glob(os.path.join(REPO, "configs", "COCO-Detection", "*.py"))
+                   + glob.glob(os.path.join(REPO, "configs", "PascalVOC-Detection", "*.py")))
+    chosen = {}
+    for path in paths:
+        chosen.setdefault(_detector_signature(path), path)
+    return sorted(chosen.values())
+
+
+CONFIGS = _one_config_per_detector()
 # The one variant without a COCO config: cascade stages sharing one guided ratio.
 CONFIGS.append(
     os.path.join(REPO, "configs", "Shapes", "cascade_rcnn_R18h_FPN_sampling_free_joint.py"))
