@@ -26,6 +26,7 @@ from detectron2.utils.logger import setup_logger
 
 import hpf.data  # noqa: F401  registers the project's datasets
 from hpf.collect_env import collect_env_info_hpf
+from hpf.engine.checkpoint import AtomicCheckpointer
 from hpf.engine.config import apply_overrides
 from hpf.engine.trainers import FiniteLossAMPTrainer, FiniteLossTrainer, GradientClipHook
 from hpf.modeling.priors import initialize_auto_priors
@@ -86,7 +87,8 @@ def do_train(args, cfg):
     trainer = (FiniteLossAMPTrainer if cfg.train.amp.enabled else FiniteLossTrainer)(
         model, train_loader, optim
     )
-    checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    # Checkpoints are renamed into place once written: a job killed mid-save still resumes.
+    checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
