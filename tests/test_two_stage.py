@@ -8,10 +8,10 @@ import sys
 import pytest
 import torch
 from detectron2.config import LazyConfig, instantiate
-from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from conftest import REPO
+from conftest import REPO, synthetic_batch
 from hpf.losses import GuidedLossScale, prior_bias
 from hpf.modeling.priors import count_foreground_anchors, initialize_auto_priors
 
@@ -49,21 +49,8 @@ def tiny_rcnn_cfg(variant, rpn_prior=0.01, test_score_thresh=1e-3, rpn_guided_fa
 
 
 def batch(num_boxes=(3, 0), size=128, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for n in num_boxes:
-        inst = Instances((size, size))
-        xy = torch.rand(n, 2, generator=gen) * size * 0.6
-        wh = torch.rand(n, 2, generator=gen) * size * 0.35 + 12
-        boxes = torch.cat([xy, (xy + wh).clamp(max=size - 1)], 1)
-        inst.gt_boxes = Boxes(boxes)
-        inst.gt_classes = torch.randint(0, NUM_CLASSES, (n,), generator=gen)
-        inst.gt_masks = BitMasks.from_polygon_masks(
-            [[b[[0, 1, 2, 1, 2, 3, 0, 3]].numpy()] for b in boxes], size, size
-        ) if n else BitMasks(torch.zeros(0, size, size, dtype=torch.bool))
-        image = torch.randint(0, 255, (3, size, size), generator=gen).float()
-        out.append({"image": image, "instances": inst, "height": size, "width": size})
-    return out
+    return synthetic_batch(num_boxes, size, NUM_CLASSES, seed=seed, spread=0.6, extent=0.35,
+                           min_side=12, masks=True)
 
 
 def train_step(model, data):
