@@ -168,19 +168,25 @@ def test_dense_inference_on_non_finite_predictions(path):
                 assert len(results[0]) == 0, value
 
 
-@pytest.mark.parametrize("path", RCNN, ids=_name)
-def test_rpn_on_non_finite_features(path):
-    """The RPN (detectron2's or Sampling-Free) given inf / -inf / nan features proposes
-    nothing."""
-    model = tiny_model(path)
+def non_finite_features(model):
+    """(value, images, features) with every feature map filled with inf, -inf and nan in turn,
+    shaped as the model's backbone makes them for one image; the model in eval mode, no grad."""
     model.eval()
     images = model.preprocess_image(batch((1,)))
     with torch.no_grad():
         shapes = {k: v.shape for k, v in model.backbone(images.tensor).items()}
         for value in NON_FINITE:
-            features = {k: torch.full(s, value) for k, s in shapes.items()}
-            proposals, _ = model.proposal_generator(images, features)
-            assert len(proposals[0]) == 0, value
+            yield value, images, {k: torch.full(s, value) for k, s in shapes.items()}
+
+
+@pytest.mark.parametrize("path", RCNN, ids=_name)
+def test_rpn_on_non_finite_features(path):
+    """The RPN (detectron2's or Sampling-Free) given inf / -inf / nan features proposes
+    nothing."""
+    model = tiny_model(path)
+    for value, images, features in non_finite_features(model):
+        proposals, _ = model.proposal_generator(images, features)
+        assert len(proposals[0]) == 0, value
 
 
 def _cascade_xfail(path):
@@ -197,14 +203,9 @@ def _cascade_xfail(path):
 def test_roi_heads_on_non_finite_features(path):
     """The RoI heads given inf / -inf / nan features and one proposal detect nothing."""
     model = tiny_model(path)
-    model.eval()
-    images = model.preprocess_image(batch((1,)))
-    with torch.no_grad():
-        shapes = {k: v.shape for k, v in model.backbone(images.tensor).items()}
-        for value in NON_FINITE:
-            features = {k: torch.full(s, value) for k, s in shapes.items()}
-            proposals = Instances((SIZE, SIZE), objectness_logits=torch.tensor([1.0]),
-                                  proposal_boxes=Boxes(torch.tensor([[10.0, 10.0, 50.0, 60.0]])))
-            detections, _ = model.roi_heads(images, features, [proposals])
-            assert len(detections[0]) == 0, value
+    for value, images, features in non_finite_features(model):
+        proposals = Instances((SIZE, SIZE), objectness_logits=torch.tensor([1.0]),
+                              proposal_boxes=Boxes(torch.tensor([[10.0, 10.0, 50.0, 60.0]])))
+        detections, _ = model.roi_heads(images, features, [proposals])
+        assert len(detections[0]) == 0, value
 

@@ -182,6 +182,12 @@ def test_guided_scaling_switched_off_leaves_the_ce_unscaled():
     with pytest.raises(ValueError, match="cascade_guided_scaling='joint' needs"):
         use_sampling_free_roi_heads(tiny_rcnn_cfg("cascade"), cascade_guided_scaling="joint",
                                     keep_sampling=True)
+    # One weight for all stages: a learned form has no single weight to share.
+    cfg = tiny_rcnn_cfg("cascade")
+    use_sampling_free_roi_heads(cfg, cascade_guided_scaling="joint")
+    cfg.roi_heads.joint_loss_balance = GuidedLossScale(mode="learned_scale")
+    with pytest.raises(ValueError, match="joint_loss_balance must have mode 'plain' or 'constant'"):
+        instantiate(cfg)
 
 
 @pytest.mark.parametrize("rpn_factor", [None, 3.0])  # the helper's default (1); an ablation's

@@ -178,8 +178,11 @@ class GuidedLossScale(nn.Module):
             if key not in losses:
                 raise KeyError(f"GuidedLossScale: no loss named {key!r} in {sorted(losses)}")
         cls_loss = losses[cls_key]
-        others = [v for k, v in losses.items() if k != cls_key]
-        guide = losses[box_key] if self.guide == "box" else sum(others) / len(others)
+        if self.guide == "box":
+            guide = losses[box_key]
+        else:
+            others = [v for k, v in losses.items() if k != cls_key]
+            guide = sum(others) / len(others)
         self.update_ratio(cls_loss, guide)
         out = dict(losses)
         out[cls_key] = self.cls_weight.to(cls_loss.dtype) * cls_loss
