@@ -28,6 +28,7 @@ import hpf.data  # noqa: F401  registers the project's datasets
 from hpf.collect_env import collect_env_info_hpf
 from hpf.engine.checkpoint import AtomicCheckpointer
 from hpf.engine.config import apply_overrides
+from hpf.engine.hooks import CheckpointOnSignal
 from hpf.engine.trainers import FiniteLossAMPTrainer, FiniteLossTrainer, GradientClipHook
 from hpf.modeling.priors import initialize_auto_priors
 
@@ -104,9 +105,18 @@ def do_train(args, cfg):
             )
             if comm.is_main_process()
             else None,
+            # SIGTERM (preemption, requeue, scancel): checkpoint after this iteration, stop.
+            CheckpointOnSignal(checkpointer),
         ]
     )
 
+    if not args.resume and checkpointer.has_checkpoint():
+        raise RuntimeError(
+            f"train.output_dir={cfg.train.output_dir} already holds the checkpoints of a run "
+            f"(last_checkpoint: {checkpointer.get_checkpoint_file()}). A new run would write "
+            "over them: pass --resume to continue that run, or choose another "
+            "train.output_dir."
+        )
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
     if args.resume and checkpointer.has_checkpoint():
         # The checkpoint stores the iteration that just finished: start at the next one.

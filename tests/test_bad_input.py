@@ -23,6 +23,20 @@ def test_unknown_override_key_names_the_key_and_suggests():
     assert cfg.train.max_iter == 10 and cfg.train.new_key == 1
 
 
+def test_overrides_reach_values_still_to_give_and_list_items():
+    """A "???" value is a key the user must set, and list items are keys by index."""
+    cfg = LazyConfig.load(DEMO_CONFIG)
+    cfg.model.cls_loss.record_dir = "???"
+    cfg.train.milestones = [3, 5]
+    with pytest.raises(KeyError, match=r"Unknown config key 'model.cls_loss.record_dri'.*"
+                                       r"model.cls_loss.record_dir"):
+        apply_overrides(cfg, ["model.cls_loss.record_dri=/tmp"])
+    with pytest.raises(KeyError, match="Unknown config key 'train.milestones.2'"):
+        apply_overrides(cfg, ["train.milestones.2=7"])
+    apply_overrides(cfg, ["model.cls_loss.record_dir=/tmp", "train.milestones.1=7"])
+    assert cfg.model.cls_loss.record_dir == "/tmp" and list(cfg.train.milestones) == [3, 7]
+
+
 def test_unknown_override_key_fails_train_net(datasets_root, tmp_path):
     proc = run_train_net(
         ["--config-file", DEMO_CONFIG, f"train.output_dir={tmp_path}", "model.num_clases=3"],

@@ -24,6 +24,37 @@ def test_rendezvous_url_uses_the_first_host_and_a_job_specific_port():
     assert 29500 <= int(a.rsplit(":", 1)[1]) < 39500
 
 
+def test_each_task_is_a_machine_of_the_process_group(monkeypatch):
+    """Two CPU tasks on one node (--tasks-per-node 2): the second task is machine 1 of 2 and
+    both meet at the first host."""
+
+    class SecondTask(_FakeJobEnvironment):
+        num_tasks, global_rank = 2, 1
+
+    launched = []
+    monkeypatch.setattr(launch_slurm.submitit, "JobEnvironment", SecondTask)
+    monkeypatch.setattr(launch_slurm.train_net, "launch",
+                        lambda main, num_gpus, args, **kw: launched.append((num_gpus, kw)))
+    monkeypatch.setattr(launch_slurm.signal, "signal", lambda *a: None)
+    args = launch_slurm.parse_args(["--config-file", "x.py", "--gpus-per-node", "0",
+                                    "--tasks-per-node", "2"])
+    assert args.num_machines == 2
+    launch_slurm.TrainJob(args)()
+    (num_gpus, kw), = launched
+    assert num_gpus == 1 and (kw["num_machines"], kw["machine_rank"]) == (2, 1)
+    assert kw["dist_url"] == launch_slurm.rendezvous_url(["node0"], "7")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--tasks-per-node", "2"], "--tasks-per-node above 1 needs --gpus-per-node 0"),
+    (["--tasks-per-node", "0", "--gpus-per-node", "0"], "--tasks-per-node must be at least 1"),
+])
+def test_bad_tasks_per_node_is_refused(flags, message, capsys):
+    with pytest.raises(SystemExit):
+        launch_slurm.parse_args(["--config-file", "x.py", *flags])
+    assert message in capsys.readouterr().err
+
+
 def test_parse_args_maps_nodes_and_gpus_to_launch_arguments():
     args = launch_slurm.parse_args(["--config-file", "x.py", "--nodes", "4", "--gpus-per-node",
                                     "8", "train.max_iter=5"])
@@ -107,8 +138,8 @@ def test_slurm_without_sbatch_says_to_use_the_local_cluster(tmp_path, monkeypatc
 class _FakeJobEnvironment:
     cluster = "slurm"
     job_id = "7"
-    num_nodes = 1
-    node = 0
+    num_tasks = 1
+    global_rank = 0
     hostnames = ["node0"]
 
 

@@ -6,6 +6,7 @@ name the flag to change.
 
 Skipped, with the reason, where the cluster cannot run (not root, no apt to install SLURM,
 daemons that do not start)."""
+import json
 import os
 import re
 import subprocess
@@ -110,14 +111,15 @@ def submit(slurm_cluster, datasets_root, tmp_path):
     cancels what is left of the job after the test."""
     runs = []
 
-    def submit(*overrides, wait=False):
+    def submit(*overrides, wait=False, config=DEMO_CONFIG,
+               tasks=("--cpus-per-task", str(slurm_cluster.cpus))):
         env = dict(slurm_cluster.env, DETECTRON2_DATASETS=str(datasets_root),
                    OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         cmd = [sys.executable, os.path.join(REPO, "tools", "launch_slurm.py"), "--cluster",
                "slurm", "--partition", "normal", "--nodes", "1", "--gpus-per-node", "0",
-               "--cpus-per-task", str(slurm_cluster.cpus), "--job-dir", f"{tmp_path}/jobs/%j",
-               *(["--wait"] if wait else []), "--config-file", DEMO_CONFIG, *TINY_TRAIN,
-               f"train.output_dir={tmp_path}/out", *overrides]
+               *tasks, "--job-dir", f"{tmp_path}/jobs/%j", *(["--wait"] if wait else []),
+               "--config-file", config, *TINY_TRAIN, f"train.output_dir={tmp_path}/out",
+               *overrides]
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
                               timeout=JOB_TIMEOUT)
         found = re.search(r"Submitted job (\d+)", proc.stdout)
@@ -132,21 +134,24 @@ def submit(slurm_cluster, datasets_root, tmp_path):
 
 
 def assert_resumed_and_finished(run, max_iter, period, restarts=1):
-    """The job started over ``restarts`` times, each time from its last checkpoint, and
-    trained to ``max_iter``."""
+    """The job started over ``restarts`` times, each time from its last checkpoint (a periodic
+    one, or the one saved on SIGTERM), and trained to ``max_iter``."""
     run.wait_for("completed", lambda: run.state() == "COMPLETED")
     assert run.info()["Restarts"] == str(restarts)
     log = run.train_log()
     starts = [int(i) for i in re.findall(r"Starting training from iteration (\d+)", log)]
     assert len(starts) == restarts + 1 and starts[0] == 0, starts
+    on_sigterm = [int(i) for i in re.findall(
+        r"Received SIGTERM: saving a checkpoint at iteration (\d+)", log)]
     for previous, start in zip(starts, starts[1:]):
-        assert start > previous and start % period == 0, starts
+        assert start > previous and (start % period == 0 or start - 1 in on_sigterm), starts
         assert f"Loading from {run.out}/model_{start - 1:07d}.pth" in log
     final = torch.load(run.out / "model_final.pth", map_location="cpu", weights_only=False)
     assert final["iteration"] == max_iter - 1
     assert (run.out / "eval_shapes_tiny_val.json").exists()
-    # The first start stopped on SIGTERM rather than waiting for SIGKILL.
-    assert "Caught SIGTERM" in run.stdout()
+    # The first start was stopped by SIGTERM (requeue or preemption) during training: it
+    # checkpointed the iteration it was at, and the second start continued from there.
+    assert on_sigterm and starts[1] == on_sigterm[0] + 1, (starts, on_sigterm)
 
 
 def test_a_job_trains_and_evaluates(submit):
@@ -193,12 +198,40 @@ def test_scancel_stops_the_job_for_good(submit, slurm_cluster):
     run.wait_for("checkpointed", lambda: run.checkpoint_iteration() >= 0)
     slurm_cluster.run("scancel", run.job_id)
     run.wait_for("cancelled", lambda: run.state() == "CANCELLED")
-    assert "Caught SIGTERM" in run.stdout()
+    # Nothing is lost: the iteration it was at is saved, for a submission that continues it.
+    run.wait_for("checkpointed on SIGTERM", lambda: "Received SIGTERM" in run.train_log())
+    stopped = re.search(r"Received SIGTERM: saving a checkpoint at iteration (\d+)",
+                        run.train_log()).group(1)
     # Not requeued: it stays cancelled once its processes have ended.
     run.wait_for("ended", lambda: not slurm_cluster.run(
         "squeue", "-h", "-j", run.job_id, "-t", "R,CG,PD", "-o", "%A", check=False).strip())
     assert run.state() == "CANCELLED" and run.info()["Restarts"] == "0"
     assert not (run.out / "model_final.pth").exists()
+    assert run.checkpoint_iteration() == int(stopped)
+
+
+def test_two_tasks_train_as_two_machines_with_identical_hpf_statistics(submit, tmp_path):
+    """``--tasks-per-node 2``: two SLURM tasks on the one node join one gloo group as machines
+    0 and 1 (the rendezvous from the allocation). Each sees its own images, so its local
+    positive counts differ, but HPF's gamma_ad / alpha_ad come from the all-reduced statistics
+    and are identical on both."""
+    run, proc = submit(
+        "train.max_iter=4", f"model.cls_loss.record_dir={tmp_path}", wait=True,
+        config=os.path.join(REPO, "tests", "configs", "atss_hpf_per_rank_statistics.py"),
+        tasks=("--tasks-per-node", "2", "--cpus-per-task", "1"))
+    assert f"Job {run.job_id} finished" in proc.stdout
+    assert "Rank of current process: 0. World size: 2" in run.train_log()
+    assert "Rank of current process: 1. World size: 2" in run.read(run.out / "log.txt.rank1")
+    records = [[json.loads(line) for line in run.read(tmp_path / f"hpf.rank{rank}.jsonl")
+                .splitlines()] for rank in (0, 1)]
+    assert len(records[0]) == len(records[1]) == 4
+    for first, second in zip(*records):
+        assert first["gamma"] == second["gamma"] and first["alpha"] == second["alpha"]
+    assert any(first["local_positives"] != second["local_positives"]
+               for first, second in zip(*records))
+    gammas = [g for record in records[0] for g in record["gamma"]]
+    assert 0 < min(gammas) < max(gammas) < 8  # off the clamp [0, 8]: the statistics decide
+    assert (run.out / "eval_shapes_tiny_val.json").exists()
 
 
 def test_rejections_name_the_flag_to_change(slurm_cluster, tmp_path, monkeypatch, capsys):

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """
 Submits train_net.py to a SLURM cluster with submitit: one task per node, each node running
-detectron2's ``launch`` over its GPUs, rank 0's host as the rendezvous address.
+detectron2's ``launch`` over its GPUs, the first host as the rendezvous address.
 
     python tools/launch_slurm.py --config-file configs/COCO-Detection/atss_R_50_FPN_1x.py \\
         --nodes 2 --gpus-per-node 8 --partition learnfair --timeout-min 4320 \\
@@ -10,11 +10,15 @@ detectron2's ``launch`` over its GPUs, rank 0's host as the rendezvous address.
 Every start of the job resumes from the last checkpoint in ``train.output_dir`` when there is
 one, else starts from ``train.init_checkpoint`` (train_net.py's ``--resume``): the first start,
 a requeue after preemption, ``scontrol requeue``, a node failure, and submitit's own requeue
-near the time limit (SIGUSR2). SIGTERM (preemption, requeue, scancel) stops the job at once;
-SLURM then requeues or cancels it, and the periodic checkpoints are what a restart continues
-from. Submitting again with the same ``train.output_dir`` therefore continues that run.
+near the time limit (SIGUSR2). SIGTERM (preemption, requeue, scancel) during training finishes
+the current iteration, saves a checkpoint and stops (SLURM's grace time, ``KillWait``, must
+cover an iteration and a save; otherwise the last periodic checkpoint is what a restart
+continues from); outside training it stops at once. SLURM then requeues or cancels the job.
+Submitting again with the same ``train.output_dir`` therefore continues that run.
 
-``--gpus-per-node 0`` runs one CPU process per node and requests no GPUs. ``--cluster local``
+``--gpus-per-node 0`` runs one CPU process per node and requests no GPUs; with it,
+``--tasks-per-node N`` runs N such processes per node, each one a machine of the process group
+(e.g. to try a multi-machine run on one node). ``--cluster local``
 runs the same job as local processes (no SLURM), ``--cluster debug`` in this process: both are
 for checking a setup before a large submission.
 """
@@ -82,12 +86,14 @@ class TrainJob:
             signal.signal(signal.SIGTERM, _exit_on_sigterm)
         hostnames = getattr(env, "hostnames", None) or ["127.0.0.1"]
         dist_url = rendezvous_url(hostnames, env.job_id)
+        # Each SLURM task is one machine of detectron2's launch: one per node, or with
+        # --tasks-per-node, several CPU machines per node.
         train_net.launch(
             train_net.main,
             self.args.num_gpus,
-            num_machines=env.num_nodes,
-            machine_rank=env.node,
-            dist_url=dist_url if env.num_nodes > 1 else "auto",
+            num_machines=env.num_tasks,
+            machine_rank=env.global_rank,
+            dist_url=dist_url if env.num_tasks > 1 else "auto",
             args=(self.args,),
         )
 
@@ -103,6 +109,9 @@ def parse_args(argv=None):
     parser.add_argument("--nodes", type=int, default=1)
     parser.add_argument("--gpus-per-node", type=int, default=8,
                         help="0: a CPU partition (one process per node, no GPU requested)")
+    parser.add_argument("--tasks-per-node", type=int, default=1,
+                        help="processes per node, each one machine of the process group; "
+                             "above 1 only with --gpus-per-node 0")
     parser.add_argument("--cpus-per-task", type=int, default=10)
     parser.add_argument("--mem-gb", type=int, default=0, help="0: SLURM's default")
     parser.add_argument("--partition", default=None)
@@ -112,8 +121,13 @@ def parse_args(argv=None):
     parser.add_argument("--cluster", default=None, choices=[None, "slurm", "local", "debug"])
     parser.add_argument("--wait", action="store_true", help="wait for the job and report it")
     args = parser.parse_args(argv)
-    args.num_gpus = max(args.gpus_per_node, 1)  # no GPUs: one CPU training process per node
-    args.num_machines = args.nodes
+    if args.tasks_per_node < 1:
+        parser.error(f"--tasks-per-node must be at least 1, got {args.tasks_per_node}")
+    if args.tasks_per_node > 1 and args.gpus_per_node > 0:
+        parser.error("--tasks-per-node above 1 needs --gpus-per-node 0: with GPUs, the one task "
+                     "of a node starts a training process per GPU itself")
+    args.num_gpus = max(args.gpus_per_node, 1)  # no GPUs: one CPU training process per task
+    args.num_machines = args.nodes * args.tasks_per_node
     return args
 
 
@@ -126,6 +140,7 @@ _SBATCH_ERRORS = [
     ("time limit", "--timeout-min"),
     ("--time", "--timeout-min"),
     ("node count", "--nodes"),
+    ("task count", "--nodes or --tasks-per-node"),
     ("processors", "--cpus-per-task"),
     ("cpu", "--cpus-per-task"),
     ("node configuration is not available", "--cpus-per-task, --mem-gb or --gpus-per-node"),
@@ -199,7 +214,8 @@ def main(argv=None):
     executor = submitit.AutoExecutor(folder=args.job_dir, cluster=args.cluster)
     params = dict(
         nodes=args.nodes,
-        tasks_per_node=1,  # one task per node; detectron2's launch forks the GPU workers
+        # One task per node by default; detectron2's launch forks the GPU workers.
+        tasks_per_node=args.tasks_per_node,
         cpus_per_task=args.cpus_per_task,
         timeout_min=args.timeout_min,
         name=args.job_name,
@@ -224,7 +240,7 @@ def main(argv=None):
         if warning:
             print(warning, file=sys.stderr, flush=True)
     if args.wait:
-        job.result()  # re-raises the job's exception
+        job.results()  # every task's; re-raises a task's exception
         print(f"Job {job.job_id} finished")
     return job
 

@@ -8,16 +8,23 @@ _MISSING = object()
 
 
 def _all_keys(cfg, prefix=""):
-    for k, v in cfg.items() if OmegaConf.is_dict(cfg) else []:
+    # keys() and _get_node(): values that must still be given ("???") have keys too.
+    for k in cfg.keys() if OmegaConf.is_dict(cfg) else []:
         key = f"{prefix}{k}"
         yield key
-        if OmegaConf.is_dict(v):
-            yield from _all_keys(v, key + ".")
+        node = cfg._get_node(k)
+        if OmegaConf.is_dict(node):
+            yield from _all_keys(node, key + ".")
 
 
 def has_key(cfg, key) -> bool:
-    """Whether the dotted ``key`` exists in ``cfg`` (also when its value is None)."""
-    return OmegaConf.select(cfg, key, default=_MISSING) is not _MISSING
+    """Whether the dotted ``key`` exists in ``cfg`` (also when its value is None or "???",
+    a value the config asks the user to give)."""
+    parent, _, last = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent, default=_MISSING) if parent else cfg
+    if OmegaConf.is_list(node):
+        return last.isdigit() and int(last) < len(node)
+    return OmegaConf.is_dict(node) and last in node.keys()
 
 
 def apply_overrides(cfg, overrides):
