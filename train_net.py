@@ -26,8 +26,8 @@ from detectron2.utils.logger import setup_logger
 
 import hpf.data  # noqa: F401  registers the project's datasets
 from hpf.collect_env import collect_env_info_hpf
-from hpf.engine.checkpoint import AtomicCheckpointer
-from hpf.engine.config import apply_overrides
+from hpf.config import apply_overrides
+from hpf.engine.checkpoint import AtomicCheckpointer, resume_or_load
 from hpf.engine.hooks import CheckpointOnSignal
 from hpf.engine.trainers import FiniteLossAMPTrainer, FiniteLossTrainer, GradientClipHook
 from hpf.modeling.priors import initialize_auto_priors
@@ -117,7 +117,7 @@ def do_train(args, cfg):
             "over them: pass --resume to continue that run, or choose another "
             "train.output_dir."
         )
-    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+    resume_or_load(checkpointer, cfg.train.init_checkpoint, args.resume)
     if args.resume and checkpointer.has_checkpoint():
         # The checkpoint stores the iteration that just finished: start at the next one.
         start_iter = trainer.iter + 1
@@ -133,9 +133,22 @@ def do_train(args, cfg):
     trainer.train(start_iter, cfg.train.max_iter)
 
 
+def check_device(cfg):
+    """A CUDA ``train.device`` on a machine without a usable GPU: say which key to set,
+    before torch fails with its driver message."""
+    device = torch.device(cfg.train.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"train.device={cfg.train.device}, but this machine has no usable CUDA GPU. Add "
+            "train.device=cpu to the command line (with --num-gpus N, N CPU processes train "
+            "together over gloo), or run where a GPU is available."
+        )
+
+
 def setup(args):
     cfg = LazyConfig.load(args.config_file)
     cfg = apply_overrides(cfg, args.opts)
+    check_device(cfg)
     default_setup(cfg, args)
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="hpf")
     if comm.is_main_process():
@@ -155,7 +168,7 @@ def main(args):
         if args.resume and checkpointer.has_checkpoint():
             checkpointer.resume_or_load("", resume=True)
         else:
-            checkpointer.load(cfg.train.init_checkpoint)
+            resume_or_load(checkpointer, cfg.train.init_checkpoint, resume=False)
         return do_test(cfg, model)
     return do_train(args, cfg)
 

@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import socket
 import subprocess
@@ -12,6 +13,37 @@ DEMO_CONFIG = os.path.join(REPO, "configs", "Shapes", "fcos_R18h_FPN.py")
 # Keep tests light on a 2-core machine; detectors trained from scratch hit denormals.
 torch.set_num_threads(min(2, torch.get_num_threads()))
 torch.set_flush_denormal(True)
+
+
+def load_tool(path):
+    """
+    The module of a script that is not part of the ``hpf`` package (``path`` relative to the
+    repository: ``"tools/launch_slurm.py"``, ``"benchmarks/profile_step.py"``,
+    ``"tools/analysis/swap_proposals.py"``), imported once under its file name. The script's
+    folder is on ``sys.path`` only while its own imports run, as when it runs as a script, so
+    that sibling imports (``from proposal_recall import load_run``) resolve to the same modules.
+    """
+    full = os.path.join(REPO, path)
+    name = os.path.splitext(os.path.basename(full))[0]
+    module = sys.modules.get(name)
+    if module is not None:
+        if os.path.abspath(getattr(module, "__file__", None) or "") != full:
+            raise ImportError(f"{path}: a module named '{name}' is already imported from "
+                              f"{getattr(module, '__file__', None)}")
+        return module
+    spec = importlib.util.spec_from_file_location(name, full)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    folder = os.path.dirname(full)
+    sys.path.insert(0, folder)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    finally:
+        sys.path.remove(folder)
+    return module
 
 
 def free_port():

@@ -1,14 +1,11 @@
-"""tools/ap_per_iou.py: AP at each IoU threshold, checked on boxes of known IoU."""
+"""tools/analysis/ap_per_iou.py: AP at each IoU threshold, checked on boxes of known IoU."""
 import json
-import os
-import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import load_tool
 
-sys.path.insert(0, os.path.join(REPO, "tools"))
-import ap_per_iou  # noqa: E402
+ap_per_iou = load_tool("tools/analysis/ap_per_iou.py")
 
 
 def write_gt(path):

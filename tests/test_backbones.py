@@ -1,10 +1,10 @@
 """
 Backbones: the torchvision-based deformable convolution, ResNet/ResNeXt stages against
 torchvision's models (parameter counts, converted ImageNet weights give the same features), the
-config fragments of configs/common/models/backbones.py and ``set_backbone`` in a leaf config.
+config fragments of hpf.config.backbones (re-exported by configs/common/models/backbones.py) and
+``set_backbone`` in a leaf config.
 Everything is built without pretrained weights; forwards run on 1x3x64x64 inputs.
 """
-import importlib.util
 import os
 
 import pytest
@@ -18,8 +18,8 @@ from detectron2.modeling.backbone import BasicStem, ResNet
 from detectron2.modeling.backbone.resnet import BottleneckBlock
 from torch import nn
 
-from conftest import REPO
-from hpf.modeling.deform_conv import (
+from conftest import REPO, load_tool
+from hpf.layers import (
     DeformBottleneckBlock,
     DeformConv,
     ModulatedDeformConv,
@@ -29,16 +29,7 @@ from hpf.modeling.resnet import NUM_BLOCKS_PER_STAGE, EvalModeBatchNorm2d, resne
 
 BACKBONES_CONFIG = os.path.join(REPO, "configs", "common", "models", "backbones.py")
 
-
-def _load_converter():
-    path = os.path.join(REPO, "tools", "convert_torchvision_to_d2.py")
-    spec = importlib.util.spec_from_file_location("convert_torchvision_to_d2", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-converter = _load_converter()
+converter = load_tool("tools/convert_torchvision_to_d2.py")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -342,6 +333,7 @@ def test_converter_rejects_unknown_names_and_drops_fc():
 # (d) config fragments and set_backbone
 # ---------------------------------------------------------------------------------------------
 
+# The fragments of hpf.config.backbones as a leaf config imports them.
 BACKBONE_CFG = LazyConfig.load(BACKBONES_CONFIG)
 EXPECTED_CHANNELS = {
     "resnet50_pytorch_style": [512, 1024, 2048],
@@ -427,7 +419,7 @@ from detectron2.modeling.backbone.fpn import LastLevelP6P7
 from detectron2.modeling.meta_arch import {meta_arch}
 
 from ..common.data.coco import dataloader
-from ..common.models.backbones import set_backbone
+from hpf.config import set_backbone
 from ..common.train import train
 
 model = L({meta_arch})(  # only the backbone and the pixel statistics matter here

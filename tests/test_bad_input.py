@@ -10,9 +10,9 @@ from detectron2.config import LazyConfig
 from detectron2.structures import BoxMode
 
 from conftest import DEMO_CONFIG, TINY_TRAIN, run_train_net
+from hpf.config import apply_overrides
 from hpf.data.build import drop_degenerate_boxes
 from hpf.data.mapper import DatasetMapper
-from hpf.engine.config import apply_overrides
 
 
 def test_unknown_override_key_names_the_key_and_suggests():
@@ -120,3 +120,44 @@ def test_nan_loss_stops_with_the_iteration_and_keeps_the_last_checkpoint(dataset
     assert saved_iter < bad_iter
     state = torch.load(tmp_path / last, map_location="cpu", weights_only=False)["model"]
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def _train_net_module():
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("train_net", os.path.join(REPO, "train_net.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cuda_device_without_a_gpu_names_the_key_to_set(monkeypatch):
+    train_net = _train_net_module()
+    cfg = LazyConfig.load(DEMO_CONFIG)
+    cfg.train.device = "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match=r"train.device=cuda, but this machine has no usable "
+                                           r"CUDA GPU. Add train.device=cpu"):
+        train_net.check_device(cfg)
+    cfg.train.device = "cpu"
+    train_net.check_device(cfg)
+
+
+def test_an_init_checkpoint_that_cannot_be_read_says_what_to_pass(tmp_path):
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    from hpf.engine.checkpoint import resume_or_load
+
+    checkpointer = DetectionCheckpointer(torch.nn.Linear(2, 1), str(tmp_path))
+    url = "http://127.0.0.1:9/ImageNetPretrained/MSRA/R-50.pkl"  # nothing listens on port 9
+    with pytest.raises(RuntimeError) as e:
+        resume_or_load(checkpointer, url, resume=False)
+    message = str(e.value)
+    assert f"R-50.pkl could not be downloaded from {url}" in message
+    assert "train.init_checkpoint=/path/to/R-50.pkl" in message
+    checkpointer = DetectionCheckpointer(torch.nn.Linear(2, 1), str(tmp_path))
+    missing = str(tmp_path / "missing.pth")
+    with pytest.raises(FileNotFoundError, match=f"train.init_checkpoint={missing}: no such file"):
+        resume_or_load(checkpointer, missing, resume=False)

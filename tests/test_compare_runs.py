@@ -1,14 +1,11 @@
 """tools/compare_runs.py: the side-by-side table and the mean / range over seeds."""
 import json
-import os
-import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import load_tool
 
-sys.path.insert(0, os.path.join(REPO, "tools"))
-import compare_runs  # noqa: E402
+compare_runs = load_tool("tools/compare_runs.py")
 
 
 def fake_run(root, seed, name, ap):

@@ -11,7 +11,7 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.data.transforms import ResizeShortestEdge
 
 from conftest import REPO
-from hpf.engine.config import has_key
+from hpf.config import has_key
 from hpf.losses import (
     FocalLoss,
     GHMCLoss,
@@ -493,7 +493,7 @@ def _documented_overrides():
 
 def test_documented_overrides_name_existing_keys():
     """Every override the docs tell users to type names a key of at least one config:
-    train_net.py refuses unknown keys (hpf.engine.config.apply_overrides), so a doc that drops
+    train_net.py refuses unknown keys (hpf.config.apply_overrides), so a doc that drops
     a needed "+" hands users a KeyError."""
     overrides = _documented_overrides()
     assert len(overrides) > 20  # the docs' overrides are found at all

@@ -24,7 +24,7 @@ from hpf.losses import (
     optimal_prior,
     prior_bias,
 )
-from hpf.modeling import ATSS, FCOS, RetinaNet
+from hpf.modeling import FCOS, RetinaNet
 from hpf.modeling.priors import count_foreground_anchors, initialize_auto_priors
 
 NUM_CLASSES = 3
@@ -40,10 +40,7 @@ MODEL_CONFIGS = {
 def tiny_model_cfg(arch):
     """The project's model config of ``arch`` made tiny: 8-64 channel ResNet, 64-channel FPN
     (32 GroupNorm groups need >= 2 values each on 1x1 P7 maps), one conv per head tower."""
-    import sys
-
-    sys.path.insert(0, os.path.join(REPO, "configs", "common", "models"))
-    from small_resnet import use_small_resnet_fpn
+    from hpf.config import use_small_resnet_fpn
 
     cfg = LazyConfig.load(os.path.join(REPO, "configs", "common", "models",
                                        MODEL_CONFIGS[arch])).model
@@ -135,6 +132,26 @@ def test_empty_batch_trains(arch):
     assert all(torch.isfinite(v) for v in losses.values())
 
 
+@pytest.mark.parametrize("arch", ["fcos", "atss"])
+@pytest.mark.parametrize("loss_name", ["qfl", "vfl", "pf_qfl", "pf_vfl"])
+def test_quality_losses_are_given_iou_targets(arch, loss_name):
+    """The positives' targets are IoUs of the decoded boxes with their ground truth (< 1 for an
+    untrained head), not one-hot rows."""
+    torch.manual_seed(0)
+    cfg = tiny_model_cfg(arch)
+    cfg.cls_loss = CLS_LOSSES[loss_name]()
+    model = instantiate(cfg)
+    seen = []
+    model.cls_loss.register_forward_pre_hook(
+        lambda module, args: seen.append(torch.cat([t.flatten() for t in args[1]])))
+    model.train()
+    with EventStorage():
+        model(batch((3, 1)))
+    targets = seen[0]
+    positive = targets[targets > 0]
+    assert len(positive) > 0 and (positive < 1).all(), positive
+
+
 def test_quality_loss_needs_quality_targets_error_is_clear():
     model = instantiate(tiny_model_cfg("fcos"))
     gt_labels = torch.zeros(1, 4, dtype=torch.long)
@@ -144,37 +161,76 @@ def test_quality_loss_needs_quality_targets_error_is_clear():
             model._classification_loss([torch.zeros(1, 4, NUM_CLASSES)], gt_labels, 1.0)
 
 
-@pytest.mark.parametrize("arch", ["retinanet", "fcos", "atss"])
-def test_auto_prior_and_threshold_from_the_training_data(arch, tmp_path):
+def image_with_boxes(boxes, size=64):
+    """A blank ``size`` x ``size`` image holding ``boxes`` (x0, y0, x1, y1), all class 1."""
+    inst = Instances((size, size), gt_boxes=Boxes(torch.tensor(boxes, dtype=torch.float32)),
+                     gt_classes=torch.ones(len(boxes), dtype=torch.long))
+    return {"image": torch.zeros(3, size, size), "instances": inst, "height": size, "width": size}
+
+
+# Counted by hand on 64x64 images. Every model here has one anchor (or point) per location:
+# 8x8 + 4x4 + 2x2 + 1 + 1 = 86 per image on P3-P7 (strides 8-128; anchor centres at multiples
+# of the stride, FCOS points half a stride further), and labels none of them "ignore", so
+# N = 86 per image.
+#  * RetinaNet, anchor side = stride: the anchors of a level tile the image. A box equal to an
+#    anchor (IoU 1) is its only match: every other anchor overlaps it by IoU <= 0.25 (< 0.4).
+#    [20, 20, 28, 28] is the P3 anchor at (24, 24), [24, 24, 40, 40] the P4 one at (32, 32),
+#    [16, 16, 48, 48] the P5 one at (32, 32): N_f = 3.
+#  * FCOS (detectron2's rule: within 1.5 strides of the box centre, strictly inside the box,
+#    max(l, t, r, b) in 0-64 on P3, 64-128 on P4, ...): [16, 16, 40, 40] (centre 28) has the
+#    P3 points x, y in {20, 28, 36}: 9; its only P4 point inside, (24, 24), is at most 16 px
+#    from a side (not in 64-128). [0, 0, 16, 16] (centre 8): x, y in {4, 12}: 4. N_f = 9 + 4.
+#  * ATSS, anchor side 8 x stride, box = the image [0, 0, 64, 64] centred on (32, 32): the 9
+#    nearest anchors of P3 and P4 (3x3 blocks, no ties), the 4 of P5, 1 of P6 and P7 have IoU
+#    1 (P3 centre), 56 / 72 = 0.78 (P3 edges, 4), 0.62 (P3 corners, 4), 0.25 (P4, 9),
+#    1 / 16 (P5, 4), 1 / 64 (P6), 1 / 256 (P7): mean 0.38, std 0.29-0.30, threshold about
+#    0.68, so the centre and the 4 edge anchors of P3 are foreground: N_f = 5 per image.
+HAND_COUNTED = {
+    "retinanet": ([[20, 20, 28, 28], [24, 24, 40, 40]], 2, [[16, 16, 48, 48]], 1),
+    "fcos": ([[16, 16, 40, 40]], 9, [[0, 0, 16, 16]], 4),
+    "atss": ([[0, 0, 64, 64]], 5, [[0, 0, 64, 64]], 5),
+}
+
+
+def hand_countable_model_cfg(arch):
     cfg = tiny_model_cfg(arch)
+    if arch == "retinanet":
+        cfg.anchor_generator.sizes = [[8], [16], [32], [64], [128]]
+        cfg.anchor_generator.aspect_ratios = [1.0]
+        cfg.head.num_anchors = 1
+    if arch == "atss":
+        cfg.anchor_generator.sizes = [[64], [128], [256], [512], [1024]]
+    return cfg
+
+
+@pytest.mark.parametrize("arch", ["retinanet", "fcos", "atss"])
+def test_auto_prior_and_threshold_from_hand_counted_anchors(arch, tmp_path):
+    first, first_fg, second, second_fg = HAND_COUNTED[arch]
+    cfg = hand_countable_model_cfg(arch)
     cfg.prior_prob = "auto"
     cfg.test_score_thresh = "auto"
     model = instantiate(cfg)
-    data = [batch((3, 2)), batch((1,))]
-    n_f, n = count_foreground_anchors(model, data, num_images=3)
-    # By hand: label the same anchors with the detector's own matcher.
-    expected_f = expected_n = 0
-    for b in data:
-        images = model.preprocess_image(b)
-        h, w = images.tensor.shape[-2:]
-        feats = [torch.zeros(1, 1, math.ceil(h / s), math.ceil(w / s)) for s in (8, 16, 32, 64, 128)]
-        labels = torch.stack(model.label_anchors(model.anchor_generator(feats),
-                                                 [x["instances"] for x in b])[0])
-        expected_f += ((labels >= 0) & (labels != NUM_CLASSES)).sum().item()
-        expected_n += (labels >= 0).sum().item()
-    assert (n_f, n) == (expected_f, expected_n) and 0 < n_f < n
-    record = initialize_auto_priors(model, data, num_images=3, output_dir=str(tmp_path))
-    pi = optimal_prior(n_f, n, NUM_CLASSES)
+    data = [[image_with_boxes(first)], [image_with_boxes(second)]]  # two batches of one image
+    expected_f, expected_n = first_fg + second_fg, 86 * 2
+    assert count_foreground_anchors(model, data, num_images=2) == (expected_f, expected_n)
+    assert count_foreground_anchors(model, data, num_images=1) == (first_fg, 86)
+
+    record = initialize_auto_priors(model, data, num_images=2, output_dir=str(tmp_path))
+    pi = expected_f / (expected_n * NUM_CLASSES)  # Eq. 9: N_f / (N C)
+    assert optimal_prior(expected_f, expected_n, NUM_CLASSES) == pytest.approx(pi)
+    assert record["num_foreground_anchors"] == expected_f
+    assert record["num_anchors"] == expected_n
     assert record["prior_prob"] == pytest.approx(pi)
-    assert torch.allclose(model.head.cls_score.bias, torch.full_like(model.head.cls_score.bias,
-                                                                     prior_bias(pi)))
-    assert model.test_score_thresh == pytest.approx(n_f / n)
+    bias = model.head.cls_score.bias
+    assert prior_bias(pi) == pytest.approx(math.log(pi / (1 - pi)))  # sigmoid(bias) = pi
+    assert torch.allclose(bias, torch.full_like(bias, math.log(pi / (1 - pi))))
+    assert model.test_score_thresh == pytest.approx(expected_f / expected_n)
     assert (tmp_path / "foreground_stats.json").is_file()
     # The statistics travel in the checkpoint: a fresh model gets the same threshold.
     fresh = instantiate(cfg)
     assert fresh.test_score_thresh is None
     fresh.load_state_dict(model.state_dict())
-    assert fresh.test_score_thresh == pytest.approx(n_f / n)
+    assert fresh.test_score_thresh == pytest.approx(expected_f / expected_n)
 
 
 def test_auto_threshold_without_statistics_is_a_clear_error():

@@ -4,7 +4,6 @@ explicit regression ranges set to detectron2's stock ones match anchors as detec
 import copy
 import math
 import os
-import sys
 
 import pytest
 import torch
@@ -16,11 +15,9 @@ from detectron2.structures import Boxes
 from detectron2.utils.events import EventStorage
 
 from conftest import REPO, synthetic_batch
+from hpf.config import use_small_resnet_fpn
 from hpf.losses import FocalLoss
 from hpf.modeling import FCOS, RetinaNet
-
-sys.path.insert(0, os.path.join(REPO, "configs", "common", "models"))
-from small_resnet import use_small_resnet_fpn  # noqa: E402
 
 NUM_CLASSES = 3
 SIZE = 128

@@ -10,7 +10,6 @@ thresholds) is the config's.
 """
 import glob
 import os
-import sys
 
 import pytest
 import torch
@@ -20,11 +19,9 @@ from detectron2.utils.events import EventStorage
 from omegaconf import OmegaConf
 
 from conftest import REPO, synthetic_batch
+from hpf.config import use_small_resnet_fpn, use_small_resnet_rcnn
 from hpf.modeling import ATSS, SamplingFreeFastRCNNOutputLayers
 from hpf.modeling.priors import foreground_stats_modules
-
-sys.path.insert(0, os.path.join(REPO, "configs", "common", "models"))
-from small_resnet import use_small_resnet_fpn, use_small_resnet_rcnn  # noqa: E402
 
 NUM_CLASSES = 3
 SIZE = 96

@@ -11,7 +11,7 @@ from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.utils.events import EventStorage
 
 from conftest import REPO, synthetic_batch
-from hpf.losses import GHMR
+from hpf.losses import GHMRLoss
 from hpf.modeling import GHMRFastRCNNOutputLayers
 
 
@@ -22,7 +22,7 @@ def batch(num_boxes, size=96):
 def test_box_reg_loss_by_hand():
     predictor = GHMRFastRCNNOutputLayers(
         ShapeSpec(channels=8), box2box_transform=Box2BoxTransform((10.0, 10.0, 5.0, 5.0)),
-        num_classes=2, box_loss=GHMR(mu=0.02, bins=10, momentum=0.0),
+        num_classes=2, box_loss=GHMRLoss(mu=0.02, bins=10, momentum=0.0, loss_weight=1.0),
     )
     # RoI 0: class 0, proposal = ground truth (target deltas 0). RoI 1: class 1, the ground
     # truth 1 px right of a 10-px proposal: target dx = 10 x 1/10 = 1. RoI 2: background.
@@ -55,7 +55,7 @@ def test_coco_config_wiring():
     predictor = cfg.model.roi_heads.box_predictor
     assert predictor._target_ is GHMRFastRCNNOutputLayers
     box_loss = predictor.box_loss
-    assert box_loss._target_ is GHMR
+    assert box_loss._target_ is GHMRLoss
     assert (box_loss.mu, box_loss.bins, box_loss.momentum) == (0.02, 10, 0.7)
     # Only the box loss differs from the smooth-L1 / L1 baseline config.
     del predictor.box_loss
@@ -65,10 +65,7 @@ def test_coco_config_wiring():
 
 
 def test_trains_a_step_and_infers():
-    import sys
-
-    sys.path.insert(0, os.path.join(REPO, "configs", "common", "models"))
-    from small_resnet import use_small_resnet_rcnn
+    from hpf.config import use_small_resnet_rcnn
 
     torch.manual_seed(0)
     cfg = LazyConfig.load(os.path.join(REPO, "configs", "common", "models", "faster_rcnn.py")).model
@@ -76,7 +73,8 @@ def test_trains_a_step_and_infers():
     cfg.roi_heads.num_classes = 3
     cfg.proposal_generator.anchor_generator.sizes = [[16], [32], [64], [128], [256]]
     cfg.roi_heads.box_predictor._target_ = GHMRFastRCNNOutputLayers
-    cfg.roi_heads.box_predictor.box_loss = L(GHMR)(mu=0.02, bins=10, momentum=0.7)
+    cfg.roi_heads.box_predictor.box_loss = L(GHMRLoss)(mu=0.02, bins=10, momentum=0.7,
+                                                       loss_weight=1.0)
     model = instantiate(cfg)
     model.train()
     with EventStorage():

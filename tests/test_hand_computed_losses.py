@@ -4,7 +4,6 @@ classification, and its inference rule), and the box-loss normalisers of the Sam
 and RoI box predictor."""
 import math
 import os
-import sys
 
 import pytest
 import torch
@@ -18,11 +17,9 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from conftest import REPO
+from hpf.config import use_small_resnet_fpn
 from hpf.modeling import SamplingFreeFastRCNNOutputLayers, SamplingFreeRPN
 from hpf.modeling.atss import centerness_targets
-
-sys.path.insert(0, os.path.join(REPO, "configs", "common", "models"))
-from small_resnet import use_small_resnet_fpn  # noqa: E402
 
 
 # --- plain float64 reference formulas ----------------------------------------------------

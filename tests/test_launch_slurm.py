@@ -10,10 +10,9 @@ import sys
 
 import pytest
 
-from conftest import DEMO_CONFIG, REPO, TINY_TRAIN
+from conftest import DEMO_CONFIG, REPO, TINY_TRAIN, load_tool
 
-sys.path.insert(0, os.path.join(REPO, "tools"))
-import launch_slurm  # noqa: E402
+launch_slurm = load_tool("tools/launch_slurm.py")
 
 
 def test_rendezvous_url_uses_the_first_host_and_a_job_specific_port():

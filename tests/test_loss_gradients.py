@@ -1,6 +1,6 @@
-"""tools/loss_gradients.py: the gradient norm of every loss term on every part of an R-CNN."""
+"""tools/analysis/loss_gradients.py: the gradient norm of every loss term on every part of an
+R-CNN."""
 import os
-import sys
 
 import pytest
 import torch
@@ -8,10 +8,9 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from conftest import REPO
+from conftest import REPO, load_tool
 
-sys.path.insert(0, os.path.join(REPO, "tools"))
-import loss_gradients  # noqa: E402
+loss_gradients = load_tool("tools/analysis/loss_gradients.py")
 
 FASTER = os.path.join(REPO, "configs", "Shapes", "faster_rcnn_R18h_FPN.py")
 

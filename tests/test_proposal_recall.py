@@ -1,15 +1,12 @@
-"""tools/proposal_recall.py: best IoU per ground-truth box and recall, on boxes of known IoU."""
-import os
-import sys
-
+"""tools/analysis/proposal_recall.py: best IoU per ground-truth box and recall, on boxes of
+known IoU."""
 import pytest
 import torch
 from detectron2.structures import Boxes
 
-from conftest import REPO
+from conftest import load_tool
 
-sys.path.insert(0, os.path.join(REPO, "tools"))
-import proposal_recall  # noqa: E402
+proposal_recall = load_tool("tools/analysis/proposal_recall.py")
 
 
 def test_best_iou_per_gt_and_recall():

@@ -16,11 +16,10 @@ import time
 import pytest
 import torch
 
-from conftest import DEMO_CONFIG, REPO, TINY_TRAIN
+from conftest import DEMO_CONFIG, REPO, TINY_TRAIN, load_tool
 
-sys.path.insert(0, os.path.join(REPO, "tools"))
-import launch_slurm  # noqa: E402
-import slurm_test_cluster  # noqa: E402
+launch_slurm = load_tool("tools/launch_slurm.py")
+slurm_test_cluster = load_tool("tools/slurm_test_cluster.py")
 
 JOB_TIMEOUT = 600  # seconds a step of a job may take before the test fails (CPU-bound CI)
 

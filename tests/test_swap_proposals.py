@@ -1,20 +1,19 @@
-"""tools/swap_proposals.py (RoI heads of one run on the proposals of another) and
-tools/swap_scores_boxes.py (the scores of one run's box head with the boxes of another's)."""
+"""tools/analysis/swap_proposals.py (RoI heads of one run on the proposals of another) and
+tools/analysis/swap_scores_boxes.py (the scores of one run's box head with the boxes of
+another's)."""
 import contextlib
 import io
 import os
-import sys
 
 import pytest
 import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.structures import Boxes, Instances
 
-from conftest import REPO
+from conftest import REPO, load_tool
 
-sys.path.insert(0, os.path.join(REPO, "tools"))
-import swap_proposals  # noqa: E402
-import swap_scores_boxes  # noqa: E402
+swap_proposals = load_tool("tools/analysis/swap_proposals.py")
+swap_scores_boxes = load_tool("tools/analysis/swap_scores_boxes.py")
 
 FASTER = os.path.join(REPO, "configs", "Shapes", "faster_rcnn_R18h_FPN.py")
 CASCADE = os.path.join(REPO, "configs", "Shapes", "cascade_rcnn_R18h_FPN.py")

@@ -1,9 +1,6 @@
 """DenseDetectorWithTTA: boxes of every scale / flip pass mapped back into the original image,
 the merge (candidates pooled, class-wise NMS, top-k), flip consistency on a real (tiny) ATSS,
 and the hook in train_net.py's evaluation."""
-import importlib.util
-import os
-
 import pytest
 import torch
 import torch.nn as nn
@@ -11,7 +8,7 @@ from detectron2.config import LazyCall as L
 from detectron2.config import LazyConfig, instantiate
 from detectron2.structures import Boxes, Instances
 
-from conftest import DEMO_CONFIG, REPO
+from conftest import DEMO_CONFIG, load_tool
 from hpf.modeling import DenseDetectorWithTTA
 from test_dense_detectors import batch, tiny_model_cfg
 
@@ -154,9 +151,7 @@ def test_train_net_evaluates_through_the_configured_wrapper(datasets_root, monke
     """do_test wraps the model when the config has test_time_augmentation (as the Swin-L
     mstest config), and the COCO evaluation runs on the merged detections."""
     monkeypatch.setenv("DETECTRON2_DATASETS", str(datasets_root))
-    spec = importlib.util.spec_from_file_location("train_net", os.path.join(REPO, "train_net.py"))
-    train_net = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_net)
+    train_net = load_tool("train_net.py")
 
     cfg = LazyConfig.load(DEMO_CONFIG)
     cfg.dataloader.test.dataset.names = "shapes_tiny_val"

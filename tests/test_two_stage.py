@@ -2,8 +2,8 @@
 variant, empty and all-background images, the RoI heads training on all proposals, guided
 scaling at the loss-dict level, per-stage logs, the RPN's "auto" prior and the RoI heads'
 adaptive threshold."""
+import math
 import os
-import sys
 
 import pytest
 import torch
@@ -12,12 +12,9 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from conftest import REPO, synthetic_batch
+from hpf.config import use_sampling_free_roi_heads, use_sampling_free_rpn, use_small_resnet_rcnn
 from hpf.losses import GuidedLossScale, prior_bias
 from hpf.modeling.priors import count_foreground_anchors, initialize_auto_priors
-
-sys.path.insert(0, os.path.join(REPO, "configs", "common", "models"))
-from sampling_free import use_sampling_free_roi_heads, use_sampling_free_rpn  # noqa: E402
-from small_resnet import use_small_resnet_rcnn  # noqa: E402
 
 NUM_CLASSES = 3
 # (architecture, Sampling-Free RPN, Sampling-Free RoI heads)
@@ -203,24 +200,49 @@ def test_guided_scaling_at_the_loss_dict_level(rpn_factor):
     assert logged["roi_head/guided_ratio"] > 0 and logged["rpn/guided_ratio"] > 0
 
 
+# One anchor per location whose side is the stride (P2-P6, strides 4-64, centres at multiples
+# of the stride): the anchors of a level tile the image. On a 64x64 image that is
+# 16x16 + 8x8 + 4x4 + 2x2 + 1 = 341 anchors. A box equal to an anchor is its only match (IoU 1):
+# every other anchor overlaps it by IoU <= 0.25, below the RPN's 0.3, so none is ignored.
+RPN_ANCHORS_PER_IMAGE = 341
+
+
+def hand_countable_rpn_cfg(rpn_prior=0.01):
+    cfg = tiny_rcnn_cfg("faster_sf", rpn_prior=rpn_prior)
+    cfg.proposal_generator.anchor_generator.sizes = [[4], [8], [16], [32], [64]]
+    cfg.proposal_generator.anchor_generator.aspect_ratios = [1.0]
+    cfg.proposal_generator.head.num_anchors = 1
+    return cfg
+
+
+def image_with_boxes(boxes, size=64):
+    inst = Instances((size, size), gt_boxes=Boxes(torch.tensor(boxes, dtype=torch.float32)),
+                     gt_classes=torch.ones(len(boxes), dtype=torch.long))
+    return {"image": torch.zeros(3, size, size), "instances": inst, "height": size, "width": size}
+
+
 def test_rpn_box_loss_is_half_the_mean_over_positive_coordinates():
     """The official Sampling-Free RPN: 0.5 x mean over the positive anchors' coordinates, not
-    detectron2's sum / (batch_size_per_image x images) ("batch", kept as an option)."""
-    data = batch((3, 1))
-    values = {}
-    for normalizer, weight in (("batch", 1.0), ("foreground", 0.5)):
-        cfg = tiny_rcnn_cfg("faster_sf")
+    detectron2's sum / (batch_size_per_image x images) ("batch", kept as an option). One
+    positive anchor, the P3 anchor at (24, 24) = its ground truth: its regression target is 0,
+    so the (L1) box loss is the sum of its 4 predicted deltas' absolute values / 4 (or / 256)."""
+    data = [image_with_boxes([[20, 20, 28, 28]])]
+    for normalizer, weight, denominator in (("batch", 1.0, 256), ("foreground", 0.5, 4)):
+        cfg = hand_countable_rpn_cfg()
         cfg.proposal_generator.box_reg_normalizer = normalizer
         cfg.proposal_generator.loss_weight = {"loss_rpn_cls": 1.0, "loss_rpn_loc": weight}
         torch.manual_seed(0)
-        losses, logged = train_step(instantiate(cfg), data)
-        values[normalizer] = losses["loss_rpn_loc"].item()
-        assert losses["loss_rpn_cls"].item() == pytest.approx(values[normalizer], rel=1e-5)
-    num_pos = logged["rpn/num_pos_anchors"] * len(data)  # detectron2 logs it per image
-    assert num_pos > 0
-    assert values["foreground"] == pytest.approx(
-        0.5 * values["batch"] * 256 * len(data) / (4 * num_pos), rel=1e-5
-    )
+        model = instantiate(cfg)
+        outputs = []
+        model.proposal_generator.rpn_head.register_forward_hook(
+            lambda module, inputs, output: outputs.append(output))
+        losses, logged = train_step(model, data)
+        deltas = outputs[0][1][1][0, :, 3, 3]  # P3 (2nd level), row 24 / 8, column 24 / 8
+        assert logged["rpn/num_pos_anchors"] == 1
+        expected = weight * deltas.abs().sum().item() / denominator
+        assert losses["loss_rpn_loc"].item() == pytest.approx(expected, rel=1e-5)
+        # guided scaling (factor 1): the objectness loss is scaled to the box loss's value
+        assert losses["loss_rpn_cls"].item() == pytest.approx(expected, rel=1e-5)
     cfg = tiny_rcnn_cfg("faster_sf")
     assert cfg.proposal_generator.box_reg_normalizer == "foreground"
     assert cfg.proposal_generator.loss_weight["loss_rpn_loc"] == 0.5
@@ -295,29 +317,29 @@ def test_cascade_guided_scaling_misconfigured():
 
 
 def test_rpn_auto_prior_from_the_training_data(tmp_path):
+    """pi = N_f / N (one class), counted by hand: a batch of one 64x64 image with the P3 anchor
+    at (24, 24) as its box, then one with the P4 and P5 anchors at (32, 32) as boxes (each
+    overlaps the other's anchor by IoU 0.25): N_f = 1 + 2 of N = 2 x 341 anchors."""
     torch.manual_seed(0)
-    model = instantiate(tiny_rcnn_cfg("faster_sf", rpn_prior="auto"))
+    model = instantiate(hand_countable_rpn_cfg(rpn_prior="auto"))
     rpn = model.proposal_generator
-    data = [batch((3, 2)), batch((1,), seed=1)]
-    n_f, n = count_foreground_anchors(model, data, num_images=3, module=rpn)
-    # By hand: the anchors of a real forward pass, labelled by the RPN's own matcher.
-    expected_f = expected_n = 0
-    for b in data:
-        images = model.preprocess_image(b)
-        features = model.backbone(images.tensor)
-        anchors = rpn.anchor_generator([features[f] for f in rpn.in_features])
-        labels = torch.stack(rpn.label_and_sample_anchors(anchors, [x["instances"] for x in b])[0])
-        expected_f += (labels == 1).sum().item()
-        expected_n += (labels >= 0).sum().item()
-    assert (n_f, n) == (expected_f, expected_n) and 0 < n_f < n
-    record = initialize_auto_priors(model, data, num_images=3, output_dir=str(tmp_path))
-    assert record["module"] == "proposal_generator" and record["prior_prob"] == pytest.approx(n_f / n)
+    data = [[image_with_boxes([[20, 20, 28, 28]])],
+            [image_with_boxes([[24, 24, 40, 40], [16, 16, 48, 48]])]]
+    n_f, n = 3, 2 * RPN_ANCHORS_PER_IMAGE
+    assert count_foreground_anchors(model, data, num_images=2, module=rpn) == (n_f, n)
+    assert count_foreground_anchors(model, data, num_images=1, module=rpn) == (
+        1, RPN_ANCHORS_PER_IMAGE)
+    record = initialize_auto_priors(model, data, num_images=2, output_dir=str(tmp_path))
+    pi = n_f / n
+    assert record["module"] == "proposal_generator" and record["prior_prob"] == pytest.approx(pi)
+    assert record["num_foreground_anchors"] == n_f and record["num_anchors"] == n
     bias = rpn.rpn_head.objectness_logits.bias
-    assert torch.allclose(bias, torch.full_like(bias, prior_bias(n_f / n)))
+    assert prior_bias(pi) == pytest.approx(math.log(pi / (1 - pi)))
+    assert torch.allclose(bias, torch.full_like(bias, math.log(pi / (1 - pi))))
     assert (tmp_path / "foreground_stats.json").is_file()
     _, logged = train_step(model, data[0])
-    assert logged["rpn/prior_prob"] == pytest.approx(n_f / n)
-    fresh = instantiate(tiny_rcnn_cfg("faster_sf", rpn_prior="auto"))
+    assert logged["rpn/prior_prob"] == pytest.approx(pi)
+    fresh = instantiate(hand_countable_rpn_cfg(rpn_prior="auto"))
     fresh.load_state_dict(model.state_dict())
     assert fresh.proposal_generator.foreground_stats.tolist() == [n_f, n]
 

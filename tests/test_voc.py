@@ -1,7 +1,6 @@
 """PASCAL VOC: a tiny dataset in the VOC layout, registered as detectron2 registers its builtin
 voc_* names, goes through a VOC config's loaders, evaluator selection and train_net's do_test;
 missing folders give an error that names them."""
-import importlib.util
 import json
 import os
 import uuid
@@ -17,7 +16,7 @@ from detectron2.evaluation import PascalVOCDetectionEvaluator
 from detectron2.structures import Boxes, Instances
 from PIL import Image
 
-from conftest import REPO
+from conftest import REPO, load_tool
 from hpf.data.build import get_detection_dataset_dicts
 from hpf.evaluation import COCOEvaluator, build_evaluator
 
@@ -94,13 +93,6 @@ class Oracle(torch.nn.Module):
         return outputs
 
 
-def _train_net():
-    spec = importlib.util.spec_from_file_location("train_net", os.path.join(REPO, "train_net.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_voc_config_evaluates_a_tiny_voc_set(tmp_path, register):
     ids = write_voc(tmp_path / "VOC2007", "test")
     name = register(tmp_path / "VOC2007", "test", 2007)
@@ -118,7 +110,7 @@ def test_voc_config_evaluates_a_tiny_voc_set(tmp_path, register):
         list(range(20))
     perfect = {i: [(a["category_id"], list(a["bbox"]), 0.9) for a in r["annotations"]]
                for i, r in records.items()}
-    do_test = _train_net().do_test
+    do_test = load_tool("train_net.py").do_test
 
     def map50(detections):
         return do_test(cfg, Oracle(detections))["bbox"]["AP50"]

@@ -17,7 +17,7 @@ The output is a pickle ``{"model": {name: numpy array}, "__author__": "torchvisi
 ``res2.0.conv1.weight`` to ``backbone.bottom_up.res2.0.conv1.weight``. Use it with
 pytorch-style stages (``stride_in_1x1=False``) and RGB input normalised by
 mean [123.675, 116.28, 103.53], std [58.395, 57.12, 57.375] (see
-configs/common/models/backbones.py).
+hpf/config/backbones.py).
 """
 import argparse
 import pickle

@@ -17,7 +17,7 @@ from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
 import hpf.data  # noqa: F401  registers the project's datasets
-from hpf.engine.config import apply_overrides
+from hpf.config import apply_overrides
 
 
 def tile(images, cols):

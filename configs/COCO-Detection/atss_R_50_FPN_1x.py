@@ -1,8 +1,9 @@
 # ATSS R-50-FPN 1x with focal loss: the mmdetection ATSS that HPF builds on
 # (zimoqingfeng/UMOP). HPF paper Table 1/4 "ATSS w/FL".
+from hpf.config import set_backbone
+
 from ..common.data.coco import dataloader
 from ..common.models.atss import model
-from ..common.models.backbones import set_backbone
 from ..common.optim import SGD as optimizer
 from ..common.schedules import lr_multiplier_1x as lr_multiplier
 from ..common.train import train

@@ -3,7 +3,8 @@
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 
-from ..common.models.backbones import set_backbone
+from hpf.config import set_backbone
+
 from ..common.optim import AdamW as optimizer
 from ..common.schedules import lr_multiplier_2x as lr_multiplier
 from .atss_hpf_R_50_FPN_1_5x import dataloader, model, train

@@ -1,6 +1,7 @@
 # ATSS-HPF X-101-64x4d with DCNv2 in c3-c5, 1.5x, single scale 800
 # (UMOP umop_x101_fpn_mdconv_c3-c5_1.5x_coco.py).
-from ..common.models.backbones import set_backbone
+from hpf.config import set_backbone
+
 from .atss_hpf_R_50_FPN_1_5x import dataloader, lr_multiplier, model, optimizer, train
 
 set_backbone(model, "resnext101_64x4d_dcn_c3_c5", dataloader, train)

@@ -4,8 +4,9 @@
 # lr x2 without weight decay, linear warm-up 500 iterations from 1/3, 90k iterations, decays at
 # 60k / 80k, single-scale 800 training; smooth L1 with beta 1/9 (RPN) and 1 (RoI heads). The
 # Sampling-Free configs built on it then differ in sampling alone.
+from hpf.config import use_smooth_l1_box_losses
+
 from ..common.data.coco import dataloader
-from ..common.models.box_losses import use_smooth_l1_box_losses
 from ..common.models.faster_rcnn import model
 from ..common.optim import SGD as optimizer
 from ..common.schedules import multistep

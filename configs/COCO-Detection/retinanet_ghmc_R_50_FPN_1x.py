@@ -2,9 +2,9 @@
 # (libuyu/GHM_Detection experiments/cfg_retinanet_ghm-c-only_r50_fpn_1x.py, mmdetection).
 from detectron2.config import LazyCall as L
 
+from hpf.config import set_backbone
 from hpf.losses import GHMCLoss
 
-from ..common.models.backbones import set_backbone
 from ..common.schedules import multistep
 from .retinanet_R_50_FPN_1x import dataloader, model, optimizer, train
 

@@ -1,8 +1,9 @@
 # ATSS with focal loss on the embedded shapes dataset: a ResNet-18-shaped backbone at half
 # width, from scratch, on CPU. The baseline of `make compare`.
+from hpf.config import use_small_resnet_fpn
+
 from ..common.data.shapes import dataloader
 from ..common.models.atss import model
-from ..common.models.small_resnet import use_small_resnet_fpn
 from ..common.optim import AdamW as optimizer
 from ..common.schedules import cpu_schedule
 from ..common.train_cpu import train

@@ -1,7 +1,8 @@
 # Cascade R-CNN (3 stages, detection only) with biased sampling on the shapes dataset: the
 # Faster R-CNN baseline's backbone, anchors and schedule.
+from hpf.config import use_small_resnet_rcnn
+
 from ..common.models.cascade_rcnn import model
-from ..common.models.small_resnet import use_small_resnet_rcnn
 from .faster_rcnn_R18h_FPN import dataloader, lr_multiplier, optimizer, train
 
 use_small_resnet_rcnn(model)

@@ -1,5 +1,6 @@
 # Cascade R-CNN with Sampling-Free in the RPN and every RoI stage on the shapes dataset.
-from ..common.models.sampling_free import use_sampling_free_roi_heads, use_sampling_free_rpn
+from hpf.config import use_sampling_free_roi_heads, use_sampling_free_rpn
+
 from .cascade_rcnn_R18h_FPN import dataloader, lr_multiplier, model, optimizer, train
 
 use_sampling_free_rpn(model)

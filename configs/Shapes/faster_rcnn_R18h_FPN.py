@@ -1,9 +1,10 @@
 # Faster R-CNN with biased sampling (RPN 256 anchors / image at 1:1, RoI heads 512 proposals /
 # image at 1:3) on the embedded shapes dataset: the half-width ResNet-18 FPN from scratch, on
 # CPU. The baseline of the Sampling-Free R-CNN pair (faster_rcnn_R18h_FPN_sampling_free.py).
+from hpf.config import use_small_resnet_rcnn
+
 from ..common.data.shapes import dataloader
 from ..common.models.faster_rcnn import model
-from ..common.models.small_resnet import use_small_resnet_rcnn
 from ..common.optim import AdamW as optimizer
 from ..common.schedules import cpu_schedule
 from ..common.train_cpu import train
@@ -15,7 +16,7 @@ model.proposal_generator.anchor_generator.sizes = [[16], [32], [64], [128], [256
 # A tenth of COCO's image area and 1-8 objects: a quarter of the stock RoI budget (128 sampled
 # of 256 post-NMS training proposals per image, not 512 of 1000) keeps the RoI ratio of
 # baseline to Sampling-Free (about 1:2) and an affordable CPU step (with the stock budget,
-# ROIAlign's backward took a third of a 2.6 s step: `python tools/profile_step.py --config-file
+# ROIAlign's backward took a third of a 2.6 s step: `python benchmarks/profile_step.py --config-file
 # configs/Shapes/faster_rcnn_R18h_FPN.py model.roi_heads.batch_size_per_image=512
 # "model.proposal_generator.post_nms_topk=[1000,1000]"`; 1.4 s with this budget).
 model.roi_heads.batch_size_per_image = 128

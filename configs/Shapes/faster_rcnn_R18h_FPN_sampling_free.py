@@ -1,6 +1,7 @@
 # Faster R-CNN with Sampling-Free in the RPN and the RoI heads on the shapes dataset: the
 # settings of its baseline, faster_rcnn_R18h_FPN_smooth_l1.py, otherwise (box losses included).
-from ..common.models.sampling_free import use_sampling_free_roi_heads, use_sampling_free_rpn
+from hpf.config import use_sampling_free_roi_heads, use_sampling_free_rpn
+
 from .faster_rcnn_R18h_FPN_smooth_l1 import dataloader, lr_multiplier, model, optimizer, train
 
 use_sampling_free_rpn(model)

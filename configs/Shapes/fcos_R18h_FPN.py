@@ -1,9 +1,10 @@
 # FCOS with a half-width ResNet-18 FPN trained from scratch on the embedded shapes dataset, on
 # 2 CPU cores (the first `make demo` model: AP 35.1 / AP50 49.2 in 600 iterations, 8.6 min;
 # the test suite trains it for a few iterations).
+from hpf.config import use_small_resnet_fpn
+
 from ..common.data.shapes import dataloader
 from ..common.models.fcos import model
-from ..common.models.small_resnet import use_small_resnet_fpn
 from ..common.optim import AdamW as optimizer
 from ..common.schedules import cpu_schedule
 from ..common.train_cpu import train

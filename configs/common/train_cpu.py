@@ -6,3 +6,4 @@ train.seed = 0
 train.eval_period = 0  # evaluated once at the end
 train.log_period = 20
 train.checkpointer.period = 100
+train.checkpointer.max_to_keep = 2  # plus model_final.pth: a resumable run, not a history

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from hpf.losses import reduce_loss, sigmoid_focal_loss
-from hpf.losses.focal import focal_terms
+from hpf.losses.baselines import focal_terms
 
 
 def sigmoid(x):

@@ -8,7 +8,7 @@ import torch
 from detectron2.config import LazyConfig, instantiate
 
 from conftest import REPO
-from hpf.losses import GHMC, GHMCLoss, GHMRLoss
+from hpf.losses import GHMCLoss, GHMRLoss
 
 
 def _config_loss(name, key):
@@ -17,31 +17,32 @@ def _config_loss(name, key):
 
 
 # GHM test_ghm_loss's hand example: x = [0, -2, 2], y = 0, bins 2, momentum 0 -> 0.768483.
-X, Y = torch.tensor([[0.0, -2.0, 2.0]]), torch.zeros(1, 3)
+# One level; GHM-C does not use the normalizer.
+X_Y = ([torch.tensor([[0.0, -2.0, 2.0]])], [torch.zeros(1, 3)], None)
 
 
 def test_momentum_zero_is_no_ema():
     # A first batch whose entries all fall in bin 1 (g = sigmoid(3) = 0.95) would change an EMA
     # density; with momentum 0 each call uses only its own counts R_j (Eq. 9).
-    history = (torch.tensor([[3.0, 3.0, 3.0, 3.0]]), torch.zeros(1, 4))
-    no_ema = GHMC(bins=2, momentum=0.0)
+    history = ([torch.tensor([[3.0, 3.0, 3.0, 3.0]])], [torch.zeros(1, 4)], None)
+    no_ema = GHMCLoss(bins=2, momentum=0.0)
     no_ema(*history)
-    assert no_ema(X, Y).item() == pytest.approx(0.768483, abs=1e-6)
+    assert no_ema(*X_Y).item() == pytest.approx(0.768483, abs=1e-6)
     assert torch.count_nonzero(no_ema.acc_sum) == 0  # no running counts are kept
     # The same history does change the result with EMA: after it acc = [0, 0.25 x 4] and
     # then [0.25 x 1, 0.75 x 1 + 0.25 x 2] = [0.25, 1.25].
-    ema = GHMC(bins=2, momentum=0.75)
+    ema = GHMCLoss(bins=2, momentum=0.75)
     ema(*history)
     bce = [math.log(2), math.log1p(math.exp(-2.0)), math.log1p(math.exp(2.0))]
     expected = (3 / 0.25 / 2 * bce[1] + 3 / (0.75 + 0.25 * 2) / 2 * (bce[0] + bce[2])) / 3
-    assert ema(X, Y).item() == pytest.approx(expected, rel=1e-6)
+    assert ema(*X_Y).item() == pytest.approx(expected, rel=1e-6)
     assert expected != pytest.approx(0.768483, abs=1e-3)
 
 
 def test_noema_config_is_ghmc_with_momentum_zero():
     loss = _config_loss("retinanet_ghmc_noema_R_50_FPN_1x", "cls_loss")
     assert isinstance(loss, GHMCLoss) and loss.per_level
-    assert (loss.ghmc.bins, loss.ghmc.momentum) == (30, 0.0)
+    assert (loss.bins, loss.momentum) == (30, 0.0)
 
 
 def test_ce_config_starts_near_one():

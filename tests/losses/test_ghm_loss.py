@@ -6,7 +6,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hpf.losses import GHMC, GHMR
+from hpf.losses import GHMCLoss, GHMRLoss
+
+
+def unweighted_ghmr(**kwargs):
+    """GHM-R without the official config's weight 10: Eq. 19 as printed."""
+    return GHMRLoss(loss_weight=1.0, **kwargs)
+
+
+def one_level(loss, inputs, targets, valid=None):
+    """``loss`` on a pyramid of one level: the harmonised loss of one tensor (GHM-C does not use
+    the normalizer)."""
+    valid = None if valid is None else [valid]
+    if isinstance(loss, GHMCLoss):
+        return loss([inputs], [targets], 1.0, valid)
+    return loss([inputs], [targets], valid)
 
 
 def softplus(x):
@@ -63,18 +77,19 @@ def test_ghmc_hand_computed_and_ema():
     x = torch.tensor([[0.0, -2.0, 2.0]])
     y = torch.zeros(1, 3)
     bce = [softplus(0.0), softplus(-2.0), softplus(2.0)]
-    assert GHMC(bins=2, momentum=0.0)(x, y).item() == pytest.approx(0.768483, abs=1e-6)
+    no_ema = GHMCLoss(bins=2, momentum=0.0)
+    assert one_level(no_ema, x, y).item() == pytest.approx(0.768483, abs=1e-6)
     # momentum 0.75, call 1: acc = 0.25 * [1, 2] = [0.25, 0.5]
     #   w0 = 3/0.25/2 = 6, w1 = 3/0.5/2 = 3 -> 4x the momentum-0 loss = 3.073931
-    ghm = GHMC(bins=2, momentum=0.75)
-    assert ghm(x, y).item() == pytest.approx(4 * 0.768483, abs=1e-5)
+    ghm = GHMCLoss(bins=2, momentum=0.75)
+    assert one_level(ghm, x, y).item() == pytest.approx(4 * 0.768483, abs=1e-5)
     # call 2: acc = 0.75*[0.25, 0.5] + 0.25*[1, 2] = [0.4375, 0.875]
     #   w0 = 3/0.4375/2 = 3.428571, w1 = 3/0.875/2 = 1.714286
     expected = (3 / 0.4375 / 2 * bce[1] + 3 / 0.875 / 2 * (bce[0] + bce[2])) / 3
-    assert ghm(x, y).item() == pytest.approx(expected, rel=1e-6)
+    assert one_level(ghm, x, y).item() == pytest.approx(expected, rel=1e-6)
     torch.testing.assert_close(ghm.acc_sum, torch.tensor([0.4375, 0.875]))
     # A call whose samples all fall in bin1 leaves bin0's EMA count untouched (not decayed).
-    ghm(torch.tensor([[2.0]]), torch.zeros(1, 1))
+    one_level(ghm, torch.tensor([[2.0]]), torch.zeros(1, 1))
     torch.testing.assert_close(ghm.acc_sum, torch.tensor([0.4375, 0.75 * 0.875 + 0.25]))
 
 
@@ -85,7 +100,8 @@ def test_ghmr_hand_computed():
     # loss = (0.75*(0 + 0.0000249844) + 1.5*0.980200) / 3 = 0.490106
     pred = torch.tensor([[0.0, 0.001, 1.0, 0.0]])
     valid = torch.tensor([[True, True, True, False]])
-    loss = GHMR(mu=0.02, bins=10, momentum=0.0)(pred, torch.zeros(1, 4), valid)
+    ghmr = unweighted_ghmr(mu=0.02, bins=10, momentum=0.0)
+    loss = one_level(ghmr, pred, torch.zeros(1, 4), valid)
     assert loss.item() == pytest.approx(0.490106, abs=1e-6)
 
 
@@ -93,7 +109,7 @@ def test_ghmc_one_bin_no_momentum_is_bce_over_valid():
     torch.manual_seed(0)
     x, y = torch.randn(20, 6) * 3, (torch.rand(20, 6) < 0.2).float()
     valid = torch.rand(20) < 0.7
-    loss = GHMC(bins=1, momentum=0.0)(x, y, valid)
+    loss = one_level(GHMCLoss(bins=1, momentum=0.0), x, y, valid)
     ref = F.binary_cross_entropy_with_logits(x[valid], y[valid])
     torch.testing.assert_close(loss, ref)
 
@@ -101,7 +117,7 @@ def test_ghmc_one_bin_no_momentum_is_bce_over_valid():
 @pytest.mark.parametrize("momentum", [0.0, 0.75])
 def test_ghmc_matches_loop_over_iterations(momentum):
     gen = torch.Generator().manual_seed(1)
-    module = GHMC(bins=30, momentum=momentum)
+    module = GHMCLoss(bins=30, momentum=momentum)
     ref = LoopHarmonizer(30, momentum, 1.0 + 1e-6)
     for it in range(5):
         n = 200 + 37 * it
@@ -109,7 +125,7 @@ def test_ghmc_matches_loop_over_iterations(momentum):
         y = (torch.rand(n, 8, generator=gen) < 0.1).float()
         valid = torch.rand(n, generator=gen) < 0.8
         x_ref = x.detach().clone().requires_grad_(True)
-        loss = module(x, y, valid)
+        loss = one_level(module, x, y, valid)
         loss_ref = loop_ghmc(ref, x_ref, y, valid[:, None].expand_as(y))
         torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-7)
         loss.backward()
@@ -122,7 +138,7 @@ def test_ghmc_matches_loop_over_iterations(momentum):
 
 def test_ghmr_matches_loop_over_iterations():
     gen = torch.Generator().manual_seed(2)
-    module = GHMR(mu=0.02, bins=10, momentum=0.7)
+    module = unweighted_ghmr(mu=0.02, bins=10, momentum=0.7)
     ref = LoopHarmonizer(10, 0.7, 1e3)
     for it in range(5):
         n = 30 + 11 * it
@@ -130,7 +146,7 @@ def test_ghmr_matches_loop_over_iterations():
         target = torch.randn(n, 4, generator=gen) * 0.05
         valid = torch.rand(n, 4, generator=gen) < 0.9
         pred_ref = pred.detach().clone().requires_grad_(True)
-        loss = module(pred, target, valid)
+        loss = one_level(module, pred, target, valid)
         loss_ref = loop_ghmr(ref, pred_ref, target, valid)
         torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-7)
         loss.backward()
@@ -141,13 +157,13 @@ def test_ghmr_matches_loop_over_iterations():
 
 def test_gradient_norm_one_lands_in_last_bin():
     # sigmoid(-200) = 0 with y = 1 gives g = 1 exactly; huge deltas give g ~ 1 for GHM-R.
-    ghmc = GHMC(bins=30, momentum=0.5)
-    ghmc(torch.tensor([[-200.0, 0.0]]), torch.tensor([[1.0, 0.0]]))
+    ghmc = GHMCLoss(bins=30, momentum=0.5)
+    one_level(ghmc, torch.tensor([[-200.0, 0.0]]), torch.tensor([[1.0, 0.0]]))
     assert ghmc.acc_sum[-1].item() == pytest.approx(
         0.5
     ) and ghmc.acc_sum.sum().item() == pytest.approx(1.0)
-    ghmr = GHMR(momentum=0.5)
-    ghmr(torch.tensor([[1e6, 0.0]]), torch.zeros(1, 2))
+    ghmr = unweighted_ghmr(momentum=0.5)
+    one_level(ghmr, torch.tensor([[1e6, 0.0]]), torch.zeros(1, 2))
     assert ghmr.acc_sum[-1].item() == pytest.approx(
         0.5
     ) and ghmr.acc_sum.sum().item() == pytest.approx(1.0)
@@ -156,27 +172,27 @@ def test_gradient_norm_one_lands_in_last_bin():
 def test_ema_state_is_in_state_dict_and_resumes():
     torch.manual_seed(3)
     batches = [(torch.randn(50, 4) * 3, (torch.rand(50, 4) < 0.2).float()) for _ in range(4)]
-    a = GHMC()
+    a = GHMCLoss()
     for x, y in batches[:2]:
-        a(x, y)
+        one_level(a, x, y)
     state = a.state_dict()
     assert set(state) == {"acc_sum"}
-    b = GHMC()
+    b = GHMCLoss()
     b.load_state_dict(state)
     for x, y in batches[2:]:
-        torch.testing.assert_close(a(x, y), b(x, y))
+        torch.testing.assert_close(one_level(a, x, y), one_level(b, x, y))
     torch.testing.assert_close(a.acc_sum, b.acc_sum)
 
 
-@pytest.mark.parametrize("cls", [GHMC, GHMR])
+@pytest.mark.parametrize("cls", [GHMCLoss, unweighted_ghmr])
 def test_all_invalid_and_empty(cls):
     module = cls()
     x = torch.randn(6, 4, requires_grad=True)
-    loss = module(x, torch.zeros(6, 4), torch.zeros(6, dtype=torch.bool))
+    loss = one_level(module, x, torch.zeros(6, 4), torch.zeros(6, dtype=torch.bool))
     loss.backward()
     assert loss.item() == 0.0 and (x.grad == 0).all() and (module.acc_sum == 0).all()
     empty = torch.zeros(0, 4, requires_grad=True)
-    loss = module(empty, torch.zeros(0, 4))
+    loss = one_level(module, empty, torch.zeros(0, 4))
     loss.backward()
     assert loss.item() == 0.0
 
@@ -186,36 +202,36 @@ def test_half_precision_finite(dtype):
     torch.manual_seed(4)
     x = (torch.randn(40, 6) * 6).to(dtype).requires_grad_(True)
     y = (torch.rand(40, 6) < 0.2).to(dtype)
-    loss = GHMC()(x, y)
+    loss = one_level(GHMCLoss(), x, y)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(x.grad.float()).all()
-    torch.testing.assert_close(loss, GHMC()(x.detach().float(), y.float()))
+    torch.testing.assert_close(loss, one_level(GHMCLoss(), x.detach().float(), y.float()))
     p = (torch.randn(10, 4) * 0.3).to(dtype).requires_grad_(True)
-    loss = GHMR()(p, torch.zeros(10, 4, dtype=dtype))
+    loss = one_level(unweighted_ghmr(), p, torch.zeros(10, 4, dtype=dtype))
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(p.grad.float()).all()
 
 
 def test_errors():
     with pytest.raises(FloatingPointError, match="logits"):
-        GHMC()(torch.tensor([[float("nan")]]), torch.zeros(1, 1))
+        one_level(GHMCLoss(), torch.tensor([[float("nan")]]), torch.zeros(1, 1))
     with pytest.raises(FloatingPointError, match="pred"):
-        GHMR()(torch.tensor([[float("inf")]]), torch.zeros(1, 1))
+        one_level(unweighted_ghmr(), torch.tensor([[float("inf")]]), torch.zeros(1, 1))
     with pytest.raises(FloatingPointError, match="target"):
-        GHMR()(torch.zeros(1, 1), torch.tensor([[float("nan")]]))
+        one_level(unweighted_ghmr(), torch.zeros(1, 1), torch.tensor([[float("nan")]]))
     with pytest.raises(ValueError, match=r"targets has shape \(3, 2\).*logits has shape \(3, 4\)"):
-        GHMC()(torch.zeros(3, 4), torch.zeros(3, 2))
+        one_level(GHMCLoss(), torch.zeros(3, 4), torch.zeros(3, 2))
     with pytest.raises(ValueError, match=r"target has shape \(3, 2\).*pred has shape \(3, 4\)"):
-        GHMR()(torch.zeros(3, 4), torch.zeros(3, 2))
+        one_level(unweighted_ghmr(), torch.zeros(3, 4), torch.zeros(3, 2))
     with pytest.raises(ValueError, match=r"valid has shape \(5,\)"):
-        GHMC()(torch.zeros(3, 4), torch.zeros(3, 4), torch.ones(5, dtype=torch.bool))
+        one_level(GHMCLoss(), torch.zeros(3, 4), torch.zeros(3, 4), torch.ones(5).bool())
     with pytest.raises(ValueError, match="bins"):
-        GHMC(bins=0)
+        GHMCLoss(bins=0)
     with pytest.raises(ValueError, match="momentum"):
-        GHMR(momentum=1.0)
+        unweighted_ghmr(momentum=1.0)
 
 
-@pytest.mark.parametrize("cls", [GHMC, GHMR])
+@pytest.mark.parametrize("cls", [GHMCLoss, unweighted_ghmr])
 @pytest.mark.parametrize("bins", [10, 11, 22, 23, 29, 30, 41, 47])
 def test_bin_index_is_exact_next_to_every_edge(cls, bins):
     # Loop semantics: edges[j] <= g < edges[j+1] with float32 edges as in the official code.

@@ -40,7 +40,7 @@ def test_constant_weight_hand_values():
     assert out["loss_cls"].item() == pytest.approx(1.0)
     (grad,) = torch.autograd.grad(out["loss_cls"], theta)
     torch.testing.assert_close(grad, 0.1 * torch.tensor([4.0, 8.0]))
-    assert module.scalars() == {} and int(module.num_calls) == 0
+    assert module.metrics() == {} and int(module.num_calls) == 0
 
 
 def test_learned_scale_hand_values_and_delta_gradient():
@@ -64,7 +64,7 @@ def test_learned_scale_hand_values_and_delta_gradient():
     assert d_delta.item() == pytest.approx(2 * 2.0 * 1.5 - 2 / 2.0)
     # theta: delta^2 r d cls + d box + d ctr = 4 * 0.15 * 4 theta + 1/2 + 1/3
     torch.testing.assert_close(d_theta, 0.6 * 4 * theta.detach() + 0.5 + 1 / 3)
-    assert module.scalars() == {"guided_ratio": pytest.approx(0.15), "delta_sq": 4.0}
+    assert module.metrics() == {"guided_ratio": pytest.approx(0.15), "delta_sq": 4.0}
 
 
 def test_learned_scale_moves_delta_sq_to_the_inverse_scaled_cls_loss():
@@ -96,7 +96,7 @@ def test_guided_loss_hand_values_and_sigma_gradients():
     # d/d sigma_i (L_i / (2 sigma_i^2) + log sigma_i) = -L_i / sigma_i^3 + 1 / sigma_i
     expected = [-1.25 / 1 + 1, -1.5 / 8 + 1 / 2, -1.0 / 0.125 + 1 / 0.5]
     torch.testing.assert_close(d_sigma, torch.tensor(expected))
-    assert module.scalars() == {
+    assert module.metrics() == {
         "guided_ratio": pytest.approx(0.125), "sigma_sq/loss_cls": 1.0,
         "sigma_sq/loss_box": 4.0, "sigma_sq/loss_ctr": 0.25,
     }

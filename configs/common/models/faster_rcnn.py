@@ -15,7 +15,7 @@ from ..data.constants import constants
 # Faster R-CNN R-50-FPN as detectron2's model zoo builds it (common/models/mask_rcnn_fpn.py
 # without the mask branch): MSRA R-50, BGR input, RPN 256 anchors / image at 1:1, RoI heads
 # 512 proposals / image at 1:3. hpf.modeling's Sampling-Free RPN / RoI heads replace these
-# samplers (configs/common/models/sampling_free.py).
+# samplers (hpf.config.use_sampling_free_rpn / use_sampling_free_roi_heads).
 model = L(GeneralizedRCNN)(
     backbone=L(FPN)(
         bottom_up=L(ResNet)(

@@ -4,7 +4,7 @@ import os
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-__all__ = ["AtomicCheckpointer"]
+__all__ = ["AtomicCheckpointer", "resume_or_load"]
 
 
 def _atomic_write(path, write):
@@ -85,3 +85,33 @@ class AtomicCheckpointer(DetectionCheckpointer):
             return super().tag_last_checkpoint(last_filename_basename)
         _atomic_write(os.path.join(self.save_dir, "last_checkpoint"),
                       lambda f: f.write(last_filename_basename.encode()))
+
+
+def resume_or_load(checkpointer, path, resume):
+    """
+    ``checkpointer.resume_or_load(path, resume=resume)``, with a download failure of a URL
+    ``path`` reported as what to do rather than a bare ``URLError``.
+
+    Args:
+        checkpointer: a detectron2 checkpointer.
+        path (str): ``train.init_checkpoint``: a local file or a URL.
+        resume (bool): continue from ``last_checkpoint`` when the output directory has one.
+    """
+    if path and "://" not in path and not (resume and checkpointer.has_checkpoint()):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"train.init_checkpoint={path}: no such file. Pass an existing checkpoint "
+                "(.pth, or detectron2's .pkl), a URL, or train.init_checkpoint='' to start "
+                "from random weights."
+            )
+    try:
+        return checkpointer.resume_or_load(path, resume=resume)
+    except OSError as e:  # URLError and HTTPError are OSErrors
+        if "://" not in path or path.startswith("file://"):
+            raise
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        raise RuntimeError(
+            f"train.init_checkpoint: {name} could not be downloaded from {path} ({e}). "
+            f"Download it where the network allows and pass the local file instead: "
+            f"train.init_checkpoint=/path/to/{name}"
+        ) from e

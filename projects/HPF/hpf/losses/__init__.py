@@ -1,26 +1,33 @@
-"""Losses of HPF, QFL/VFL (+ progressive forms), GHM and Sampling-Free; pure torch."""
+"""
+Losses of HPF, GHM and Sampling-Free and the baselines they build on; pure torch.
 
-from .focal import sigmoid_focal_loss
-from .ghm import GHMC, GHMR
-from .ohem import OHEMLoss
-from .pyramid import (
+contract.py holds the interface a detector calls; each paper has one file: baselines.py (focal,
+QFL, VFL), hpf.py (progressive focus), ghm.py (GHM-C, GHM-R), sampling_free.py (CE, guided loss
+scaling, prior and threshold), ohem.py.
+"""
+
+from .baselines import (
     FocalLoss,
-    GHMCLoss,
-    GHMRLoss,
     QualityFocalLoss,
-    SamplingFreeCELoss,
     VarifocalLoss,
-)
-from .progressive_focal import ProgressiveFocalLoss, progressive_focus_params
-from .quality_focal import (
-    ProgressiveQualityFocalLoss,
-    ProgressiveVarifocalLoss,
     quality_focal_loss,
+    sigmoid_focal_loss,
     varifocal_loss,
 )
-from .guided_scaling import GuidedLossScale, guided_loss_scale
+from .contract import BoxRegressionLoss, ClassificationLoss, check_loss_type
+from .ghm import GHMCLoss, GHMRLoss
+from .hpf import (
+    ProgressiveFocalLoss,
+    ProgressiveQualityFocalLoss,
+    ProgressiveVarifocalLoss,
+    progressive_focus_params,
+)
+from .ohem import OHEMLoss
 from .sampling_free import (
+    GuidedLossScale,
+    SamplingFreeCELoss,
     adaptive_threshold,
+    guided_loss_scale,
     optimal_prior,
     prior_bias,
     sampling_free_ce_loss,
@@ -28,27 +35,34 @@ from .sampling_free import (
 from .utils import reduce_loss
 
 __all__ = [
+    # contract
+    "BoxRegressionLoss",
+    "ClassificationLoss",
+    "check_loss_type",
+    # baselines
     "FocalLoss",
     "QualityFocalLoss",
     "VarifocalLoss",
-    "SamplingFreeCELoss",
+    "sigmoid_focal_loss",
+    "quality_focal_loss",
+    "varifocal_loss",
+    # HPF
+    "ProgressiveFocalLoss",
+    "ProgressiveQualityFocalLoss",
+    "ProgressiveVarifocalLoss",
+    "progressive_focus_params",
+    # GHM
     "GHMCLoss",
     "GHMRLoss",
     "OHEMLoss",
-    "sigmoid_focal_loss",
-    "progressive_focus_params",
-    "ProgressiveFocalLoss",
-    "quality_focal_loss",
-    "varifocal_loss",
-    "ProgressiveQualityFocalLoss",
-    "ProgressiveVarifocalLoss",
-    "GHMC",
-    "GHMR",
-    "guided_loss_scale",
+    # Sampling-Free
+    "SamplingFreeCELoss",
     "GuidedLossScale",
+    "guided_loss_scale",
     "optimal_prior",
     "prior_bias",
     "adaptive_threshold",
     "sampling_free_ce_loss",
+    # helpers
     "reduce_loss",
 ]

@@ -10,13 +10,20 @@ Distributed: bin counts and the valid count are summed over processes (one all-r
 bins + 1 numbers), so every process holds the same EMA buffer and the DDP-averaged gradient
 equals the single-process one over all inputs. Set `all_reduce_stats = False` on an instance
 for the official per-process statistics.
+
+Both losses take the levels of a pyramid: ``per_level=True`` harmonises each level on its own and
+sums, as the official code does (the running bin counts are shared by the levels and updated once
+per level); ``False`` harmonises all levels at once.
 """
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .contract import BoxRegressionLoss, ClassificationLoss
 from .utils import all_reduce_sum, as_valid_mask, check_finite, check_same_shape, world_size
+
+__all__ = ["GHMCLoss", "GHMRLoss"]
 
 
 class _WeightedSum(torch.autograd.Function):
@@ -36,15 +43,18 @@ class _WeightedSum(torch.autograd.Function):
 
 
 class _GradientHarmonizer(nn.Module):
+    """The unit-region histogram and its EMA, shared by GHM-C and GHM-R."""
+
     all_reduce_stats = True
 
-    def __init__(self, bins, momentum, last_edge):
+    def __init__(self, bins, momentum, last_edge, per_level, loss_weight):
         super().__init__()
         if int(bins) != bins or bins < 1:
             raise ValueError(f"bins must be a positive integer, got {bins}")
         if not 0 <= momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         self.bins, self.momentum = int(bins), float(momentum)
+        self.per_level, self.loss_weight = per_level, loss_weight
         edges = torch.arange(self.bins + 1, dtype=torch.float32) / self.bins
         edges[-1] = last_edge(edges[-1])
         self.register_buffer("edges", edges, persistent=False)
@@ -55,7 +65,8 @@ class _GradientHarmonizer(nn.Module):
         self.register_buffer("acc_sum", torch.zeros(self.bins))
 
     def extra_repr(self):
-        return f"bins={self.bins}, momentum={self.momentum}"
+        return (f"bins={self.bins}, momentum={self.momentum}, per_level={self.per_level}, "
+                f"loss_weight={self.loss_weight}")
 
     @torch.no_grad()
     def bin_index(self, g):
@@ -101,15 +112,51 @@ class _GradientHarmonizer(nn.Module):
         weights, denominator = self.harmonizing_weights(g, valid)
         return _WeightedSum.apply(inputs, loss, loss_grad, weights) / denominator
 
+    def harmonized_one(self, inputs, targets, valid):
+        """The loss of one ``[N, K]`` tensor (all of it harmonised together)."""
+        raise NotImplementedError
 
-class GHMC(_GradientHarmonizer):
-    """GHM-C: BCE weighted by the inverse gradient density of g = |sigmoid(x) - y|."""
+    def over_levels(self, inputs, targets, valid):
+        """loss_weight x the harmonised loss of per-level tensors (see the module docstring)."""
+        if self.per_level:
+            valid = valid or [None] * len(inputs)
+            total = sum(self.harmonized_one(x, t, v) for x, t, v in zip(inputs, targets, valid))
+            return self.loss_weight * total
+        # All levels at once: flatten every level to [-1, K] and join them.
+        flat = lambda xs: torch.cat([x.reshape(-1, x.shape[-1]) for x in xs])  # noqa: E731
+        joined_valid = None
+        if valid is not None and None not in valid:
+            joined_valid = torch.cat([
+                v.reshape(-1) if v.dim() < x.dim() else v.reshape(-1, x.shape[-1])
+                for v, x in zip(valid, inputs)
+            ])
+        return self.loss_weight * self.harmonized_one(flat(inputs), flat(targets), joined_valid)
 
-    def __init__(self, bins=30, momentum=0.75):
+
+class GHMCLoss(_GradientHarmonizer, ClassificationLoss):
+    """
+    GHM-C (Eq. 9-13): BCE weighted by the inverse gradient density of g = |sigmoid(x) - y|.
+
+    GHM-C divides by its own count of valid entries (the official ``tot``), which is what makes
+    beta_i = tot / GD(g_i) a density weight (Eq. 10): the ``normalizer`` of the classification
+    contract is accepted and not used.
+
+    Args:
+        bins: number of unit regions on [0, 1] (M of Eq. 9).
+        momentum: EMA momentum of the per-region counts (Eq. 12); 0: no EMA.
+        per_level: harmonise each level on its own and sum (the official code), or all at once.
+        loss_weight: multiplies the loss.
+    """
+
+    def __init__(self, bins=30, momentum=0.75, per_level=True, loss_weight=1.0):
         # Last edge 1 + 1e-6 so that g = 1 falls in the last bin.
-        super().__init__(bins, momentum, lambda e: e + 1e-6)
+        super().__init__(bins, momentum, lambda e: e + 1e-6, per_level, loss_weight)
 
-    def forward(self, logits, targets, valid=None):
+    def forward(self, logits_per_level, targets_per_level, normalizer, valid_per_level=None):
+        """See :class:`ClassificationLoss`; ``normalizer`` is not used (see above)."""
+        return self.over_levels(logits_per_level, targets_per_level, valid_per_level)
+
+    def harmonized_one(self, logits, targets, valid):
         check_same_shape("targets", targets, "logits", logits)
         check_finite("logits", logits)
         x, t = logits.float(), targets.float()
@@ -123,21 +170,33 @@ class GHMC(_GradientHarmonizer):
         return self.harmonized_loss(x, loss, loss_grad, g, valid)
 
 
-class GHMR(_GradientHarmonizer):
-    """GHM-R: ASL1 (Eq. 17) weighted by the inverse density of g = |d| / sqrt(d^2 + mu^2)
-    (Eq. 18-19) on box deltas d = pred - target."""
+class GHMRLoss(_GradientHarmonizer, BoxRegressionLoss):
+    """
+    GHM-R: ASL1 (Eq. 17) on box deltas d = pred - target, weighted by the inverse density of
+    g = |d| / sqrt(d^2 + mu^2) (Eq. 18-19), divided by its count of valid entries.
 
-    def __init__(self, mu=0.02, bins=10, momentum=0.7):
+    Args:
+        mu: the ASL1 parameter (> 0).
+        bins: number of unit regions.
+        momentum: EMA momentum of the per-region counts; 0: no EMA.
+        per_level: as in :class:`GHMCLoss`.
+        loss_weight: multiplies the loss; 10 is the official RetinaNet config's.
+    """
+
+    def __init__(self, mu=0.02, bins=10, momentum=0.7, per_level=True, loss_weight=10.0):
         if mu <= 0:
             raise ValueError(f"mu must be > 0, got {mu}")
         # Open-ended last bin (the official code uses an edge of 1e3).
-        super().__init__(bins, momentum, lambda e: torch.tensor(1e3))
+        super().__init__(bins, momentum, lambda e: torch.tensor(1e3), per_level, loss_weight)
         self.mu = float(mu)
 
     def extra_repr(self):
         return f"mu={self.mu}, " + super().extra_repr()
 
-    def forward(self, pred, target, valid=None):
+    def forward(self, pred_deltas_per_level, target_deltas_per_level, valid_per_level=None):
+        return self.over_levels(pred_deltas_per_level, target_deltas_per_level, valid_per_level)
+
+    def harmonized_one(self, pred, target, valid):
         check_same_shape("target", target, "pred", pred)
         check_finite("pred", pred)
         check_finite("target", target)

@@ -2,9 +2,9 @@
 of the GHM paper's Table 4 (positives and the highest-loss negatives at 1:3)."""
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
+from .contract import ClassificationLoss
 from .utils import check_finite_all
 
 __all__ = ["OHEMLoss"]
@@ -18,7 +18,7 @@ def _join_levels(tensors, name, anchor_dim):
     return torch.cat(list(tensors), dim=anchor_dim)
 
 
-class OHEMLoss(nn.Module):
+class OHEMLoss(ClassificationLoss):
     """
     Sigmoid cross entropy on every positive anchor and, per image, on the
     ``neg_pos_ratio x (its positives)`` negative anchors with the largest loss; every other
@@ -26,18 +26,14 @@ class OHEMLoss(nn.Module):
     kept anchors is divided by ``normalizer`` (the detector's count of positives, as SSD's
     hard negative mining). An image without positives keeps no negatives.
 
-    Follows the classification-loss contract of :mod:`hpf.losses.pyramid`: per-level logits and
-    one-hot targets of shape ``[B, A_l, C]`` (or ``[A_l, C]`` for one image), per-anchor
-    ``valid`` masks (``[B, A_l]`` / ``[A_l]``) whose False anchors are neither positive nor
-    negative. The focal-loss paper's OHEM also ran NMS over the examples and capped the
-    examples per image; neither is done here.
+    A :class:`ClassificationLoss` that needs per-anchor ``valid`` masks (``[B, A_l]`` /
+    ``[A_l]``): their False anchors are neither positive nor negative. The focal-loss paper's
+    OHEM also ran NMS over the examples and capped the examples per image; neither is done here.
 
     Args:
         neg_pos_ratio: negatives kept per positive (3 = the 1:3 of GHM Table 4).
         loss_weight: multiplies the loss.
     """
-
-    uses_quality_targets = False
 
     def __init__(self, neg_pos_ratio=3.0, loss_weight=1.0):
         super().__init__()

@@ -15,7 +15,6 @@ from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.modeling.meta_arch.fcos import FCOSHead
 from detectron2.structures import Boxes, Instances
-from detectron2.utils.events import get_event_storage
 from fvcore.nn import giou_loss
 
 from .dense_detector import PluggableLossMixin, iou_targets, reduce_mean
@@ -116,23 +115,20 @@ class ATSS(PluggableLossMixin, DenseDetector):
 
     def losses(self, anchors, pred_logits, gt_labels, pred_deltas, gt_boxes, pred_ctr):
         check_finite_predictions(pred_deltas)
-        gt_labels = torch.stack(gt_labels)  # (B, R)
-        pos_mask = gt_labels != self.num_classes
-        num_pos = pos_mask.sum().item()
-        get_event_storage().put_scalar("num_pos_anchors", num_pos / len(gt_labels))
-        normalizer = self._normalizer(num_pos, 100)
+        labels = self._anchor_labels(gt_labels, ema_initial=100)  # ATSS ignores no anchor
+        pos_mask, normalizer = labels.pos_mask, labels.normalizer
 
         anchors_all = Boxes.cat(anchors).tensor
         gt = torch.stack(gt_boxes)[pos_mask]  # (P, 4)
-        pos_anchors = anchors_all.expand(len(gt_labels), -1, -1)[pos_mask]
+        pos_anchors = anchors_all.expand(len(pos_mask), -1, -1)[pos_mask]
         pred_boxes = self.box2box_transform.apply_deltas(cat(pred_deltas, dim=1)[pos_mask],
                                                          pos_anchors)
         ctr_targets = centerness_targets(pos_anchors, gt)
 
-        quality = None
-        if getattr(self.cls_loss, "uses_quality_targets", False):
-            quality = iou_targets(pred_boxes, gt, pos_mask)
-        loss_cls = self._classification_loss(pred_logits, gt_labels, normalizer, None, quality)
+        loss_cls = self._classification_loss(
+            pred_logits, labels.gt_labels, normalizer, None,
+            lambda: iou_targets(pred_boxes, gt, pos_mask),
+        )
 
         # GIoU weighted by the centerness target, normalised by the targets' sum over processes.
         loss_box = (giou_loss(pred_boxes, gt, reduction="none") * ctr_targets).sum()
@@ -140,7 +136,7 @@ class ATSS(PluggableLossMixin, DenseDetector):
         pred_ctr = cat(pred_ctr, dim=1).squeeze(2)[pos_mask]
         loss_ctr = F.binary_cross_entropy_with_logits(pred_ctr, ctr_targets, reduction="sum")
         loss_ctr = self.centerness_loss_weight * loss_ctr / normalizer
-        if num_pos == 0:  # keep every head parameter in the graph (DDP)
+        if labels.num_pos == 0:  # keep every head parameter in the graph (DDP)
             loss_box = loss_box + 0.0 * sum(p.sum() for p in pred_deltas)
         losses = {"loss_cls": loss_cls, "loss_box_reg": loss_box, "loss_centerness": loss_ctr}
         return self._balance(losses, "loss_cls", "loss_box_reg")

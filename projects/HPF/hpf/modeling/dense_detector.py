@@ -4,6 +4,8 @@ constructor arguments: the classification loss, the loss balance, the prior and 
 threshold. Subclasses override only ``losses``; labelling, heads and inference stay detectron2's.
 """
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from detectron2.layers import cat
@@ -12,11 +14,25 @@ from detectron2.structures.boxes import matched_pairwise_iou
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
-from hpf.losses import FocalLoss, adaptive_threshold, optimal_prior, prior_bias
+from hpf.losses import (
+    ClassificationLoss,
+    FocalLoss,
+    adaptive_threshold,
+    check_loss_type,
+    optimal_prior,
+    prior_bias,
+)
 
 from .priors import anchors_for_image_size
 
-__all__ = ["PluggableLossMixin", "iou_targets", "quality_targets", "reduce_mean"]
+__all__ = [
+    "AnchorLabels",
+    "PluggableLossMixin",
+    "iou_targets",
+    "log_metrics",
+    "quality_targets",
+    "reduce_mean",
+]
 
 
 def reduce_mean(value: torch.Tensor) -> float:
@@ -27,16 +43,26 @@ def reduce_mean(value: torch.Tensor) -> float:
     return value.item() / comm.get_world_size()
 
 
+class AnchorLabels(NamedTuple):
+    """The labels of a batch's anchors and the counts every dense loss needs."""
+
+    gt_labels: torch.Tensor  # [B, R]: class, num_classes = background, -1 = ignored
+    valid_mask: torch.Tensor  # [B, R]: not ignored
+    pos_mask: torch.Tensor  # [B, R]: foreground
+    num_pos: int
+    normalizer: float  # what the classification loss is divided by
+
+
 class PluggableLossMixin:
     """
     The ingredients the papers change, for a ``DenseDetector``:
 
-    * ``cls_loss``: a pyramid-level classification loss (``hpf.losses``: ``FocalLoss``,
-      ``ProgressiveFocalLoss``, ``GHMCLoss``, ``SamplingFreeCELoss``, QFL/VFL and their
-      progressive forms), called with per-level ``[B, A_l, C]`` logits and targets;
+    * ``cls_loss``: a ``hpf.losses.ClassificationLoss``, called with per-level ``[B, A_l, C]``
+      logits and targets (IoU-quality targets when its ``uses_quality_targets``); what its
+      ``metrics()`` returns is logged every iteration;
     * ``loss_balance``: ``None`` or ``GuidedLossScale`` (Sampling-Free guided scaling of the
       classification loss against the other losses, conference paper Eq. 7-8, in one of its
-      official forms), called on the whole loss dict;
+      official forms), called on the whole loss dict; its ``metrics()`` are logged;
     * ``prior_prob``: a float, or ``"auto"`` for the optimal bias of Sampling-Free (Eq. 9-10),
       set from the training data by :func:`hpf.modeling.priors.initialize_auto_prior`;
     * ``test_score_thresh``: a float, or ``"auto"`` for the adaptive threshold N_f / N.
@@ -50,7 +76,10 @@ class PluggableLossMixin:
                         loss_normalizer):
         if loss_normalizer not in ("ema", "mean"):
             raise ValueError(f"loss_normalizer must be 'ema' or 'mean', got {loss_normalizer!r}")
-        self.cls_loss = cls_loss if cls_loss is not None else FocalLoss()
+        self.cls_loss = (
+            FocalLoss() if cls_loss is None
+            else check_loss_type(cls_loss, ClassificationLoss, "cls_loss")
+        )
         self.loss_balance = loss_balance
         self.normalizer_mode = loss_normalizer  # (detectron2 keeps its EMA in self.loss_normalizer)
         self.prior_prob = prior_prob
@@ -127,19 +156,36 @@ class PluggableLossMixin:
             return self._ema_update("loss_normalizer", max(num_pos, 1), ema_initial)
         return max(reduce_mean(torch.tensor(float(num_pos), device=self.device)), 1.0)
 
+    def _anchor_labels(self, gt_labels, ema_initial: float) -> AnchorLabels:
+        """The start of every dense ``losses``: per-image labels stacked to ``[B, R]``, their
+        masks, ``num_pos_anchors`` logged, and the normalizer (``ema_initial``: the start of
+        detectron2's running average)."""
+        gt_labels = torch.stack(gt_labels)
+        valid_mask = gt_labels >= 0
+        pos_mask = valid_mask & (gt_labels != self.num_classes)
+        num_pos = pos_mask.sum().item()
+        get_event_storage().put_scalar("num_pos_anchors", num_pos / len(gt_labels))
+        return AnchorLabels(gt_labels, valid_mask, pos_mask, num_pos,
+                            self._normalizer(num_pos, ema_initial))
+
     def _classification_loss(self, pred_logits, gt_labels, normalizer, valid_mask=None,
                              quality=None):
         """
-        pred_logits: per-level ``[B, A_l, C]``; gt_labels ``[B, R]`` (C = background, -1 =
-        ignored); quality ``[B, R]`` (IoU targets of the positives) when the loss wants them.
+        Args:
+            pred_logits: per-level ``[B, A_l, C]`` logits.
+            gt_labels: ``[B, R]``: class, ``num_classes`` = background, -1 = ignored.
+            normalizer: what the loss is divided by (:meth:`_anchor_labels`).
+            valid_mask: ``[B, R]`` or None: False anchors add no loss.
+            quality: a function returning the ``[B, R]`` IoU targets of the positives, called
+                only when ``cls_loss.uses_quality_targets``.
         """
         targets = F.one_hot(gt_labels.clamp(min=0), self.num_classes + 1)[..., :-1]
         targets = targets.to(pred_logits[0].dtype)
-        if getattr(self.cls_loss, "uses_quality_targets", False):
+        if self.cls_loss.uses_quality_targets:
             if quality is None:
                 raise ValueError(f"{type(self.cls_loss).__name__} needs IoU-quality targets, "
                                  f"which {type(self).__name__} does not provide")
-            targets = targets * quality.unsqueeze(-1).to(targets.dtype)
+            targets = targets * quality().unsqueeze(-1).to(targets.dtype)
         sizes = [x.shape[1] for x in pred_logits]
         targets = list(targets.split(sizes, dim=1))
         valid = None if valid_mask is None else list(valid_mask.split(sizes, dim=1))
@@ -148,14 +194,12 @@ class PluggableLossMixin:
         return loss
 
     def _balance(self, losses, cls_key, box_key):
-        """The loss dict weighted by ``loss_balance`` (unchanged without one); logs its ratio
-        and learned weights."""
+        """The loss dict weighted by ``loss_balance`` (unchanged without one); logs its
+        metrics."""
         if self.loss_balance is None:
             return losses
         losses = self.loss_balance(losses, cls_key, box_key)
-        storage = get_event_storage()
-        for name, value in self.loss_balance.scalars().items():
-            storage.put_scalar(name, value)
+        log_metrics(self.loss_balance)
         return losses
 
     def _log_level_stats(self, gt_labels, sizes):
@@ -163,16 +207,14 @@ class PluggableLossMixin:
         pos = ((gt_labels >= 0) & (gt_labels != self.num_classes)).sum(0)
         for level, n in enumerate(pos.split(sizes)):
             storage.put_scalar(f"num_pos/level{level}", n.sum().item() / len(gt_labels))
-        for name in ("last_gamma", "last_alpha"):
-            values = getattr(self.cls_loss, name, None)
-            if values is None:
-                continue
-            values = values.float()
-            if values.dim() == 2:  # per image: log the mean over the images of the batch
-                values = values.mean(1)
-            for level, v in enumerate(values.tolist()):
-                storage.put_scalar(f"{name[5:]}_ad/level{level}", v)
+        log_metrics(self.cls_loss)
 
+
+def log_metrics(module):
+    """Log what ``module.metrics()`` returns (a loss, or the loss balance) as it is."""
+    storage = get_event_storage()
+    for name, value in module.metrics().items():
+        storage.put_scalar(name, value)
 
 
 def iou_targets(pred_boxes, gt_boxes, pos_mask):

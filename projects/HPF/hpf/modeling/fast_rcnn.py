@@ -84,7 +84,7 @@ class SamplingFreeFastRCNNOutputLayers(FastRCNNOutputLayers):
         storage = get_event_storage()
         if self.scale_classification:
             losses = self.loss_balance(losses, "loss_cls", "loss_box_reg")
-            for name, value in self.loss_balance.scalars().items():
+            for name, value in self.loss_balance.metrics().items():
                 storage.put_scalar(f"roi_head/{name}", value)
         self._update_foreground_stats(num_fg, num_rois)
         num_images = max(len(proposals), 1)

@@ -8,7 +8,6 @@ from detectron2.layers import cat
 from detectron2.modeling.meta_arch.fcos import FCOS as _D2FCOS
 from detectron2.modeling.box_regression import _dense_box_regression_loss
 from detectron2.structures import Boxes, pairwise_point_box_distance
-from detectron2.utils.events import get_event_storage
 
 from .dense_detector import PluggableLossMixin, quality_targets
 from .utils import check_finite_predictions
@@ -65,17 +64,13 @@ class FCOS(PluggableLossMixin, _D2FCOS):
 
     def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes, pred_ctr):
         check_finite_predictions(pred_anchor_deltas)
-        gt_labels = torch.stack(gt_labels)  # (B, R); FCOS ignores no anchor
-        pos_mask = gt_labels != self.num_classes
-        num_pos = pos_mask.sum().item()
-        get_event_storage().put_scalar("num_pos_anchors", num_pos / len(gt_labels))
-        normalizer = self._normalizer(num_pos, 300)
-
-        quality = None
-        if getattr(self.cls_loss, "uses_quality_targets", False):
-            quality = quality_targets(self.box2box_transform, anchors, pred_anchor_deltas,
-                                       gt_boxes, pos_mask)
-        loss_cls = self._classification_loss(pred_logits, gt_labels, normalizer, None, quality)
+        labels = self._anchor_labels(gt_labels, ema_initial=300)  # FCOS ignores no anchor
+        pos_mask, normalizer = labels.pos_mask, labels.normalizer
+        loss_cls = self._classification_loss(
+            pred_logits, labels.gt_labels, normalizer, None,
+            lambda: quality_targets(self.box2box_transform, anchors, pred_anchor_deltas,
+                                    gt_boxes, pos_mask),
+        )
         loss_box_reg = _dense_box_regression_loss(
             anchors, self.box2box_transform, pred_anchor_deltas, gt_boxes, pos_mask,
             box_reg_loss_type="giou",

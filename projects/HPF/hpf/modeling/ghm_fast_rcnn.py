@@ -6,7 +6,7 @@ import torch.nn as nn
 from detectron2.layers import nonzero_tuple
 from detectron2.modeling.roi_heads import FastRCNNOutputLayers
 
-from hpf.losses import GHMR
+from hpf.losses import BoxRegressionLoss, GHMRLoss, check_loss_type
 
 __all__ = ["GHMRFastRCNNOutputLayers"]
 
@@ -26,13 +26,16 @@ class GHMRFastRCNNOutputLayers(FastRCNNOutputLayers):
     def __init__(self, input_shape, *, box_loss: nn.Module = None, **kwargs):
         """
         Args:
-            box_loss: a ``hpf.losses.GHMR``; default ``GHMR(mu=0.02, bins=10, momentum=0.7)``,
-                the paper's settings (Sec. "GHM-R Loss" and the official RetinaNet config).
+            box_loss: a ``hpf.losses.BoxRegressionLoss``, called with the RoIs as one level;
+                default ``GHMRLoss(mu=0.02, bins=10, momentum=0.7, loss_weight=1.0)``, the
+                paper's settings (Sec. "GHM-R Loss" and the official RetinaNet config).
             kwargs: the arguments of ``FastRCNNOutputLayers``; ``smooth_l1_beta`` and
                 ``box_reg_loss_type`` are unused.
         """
         super().__init__(input_shape, **kwargs)
-        self.box_loss = box_loss if box_loss is not None else GHMR(mu=0.02, bins=10, momentum=0.7)
+        if box_loss is None:
+            box_loss = GHMRLoss(mu=0.02, bins=10, momentum=0.7, loss_weight=1.0)
+        self.box_loss = check_loss_type(box_loss, BoxRegressionLoss, "box_loss")
 
     def box_reg_loss(self, proposal_boxes, gt_boxes, pred_deltas, gt_classes):
         box_dim = proposal_boxes.shape[1]
@@ -46,4 +49,4 @@ class GHMRFastRCNNOutputLayers(FastRCNNOutputLayers):
         fg_target_deltas = self.box2box_transform.get_deltas(
             proposal_boxes[fg_inds], gt_boxes[fg_inds]
         )
-        return self.box_loss(fg_pred_deltas, fg_target_deltas)
+        return self.box_loss([fg_pred_deltas], [fg_target_deltas])

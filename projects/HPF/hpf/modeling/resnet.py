@@ -10,7 +10,7 @@ from detectron2.modeling.backbone import ResNet
 from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock
 from torch import nn
 
-from .deform_conv import DeformBottleneckBlock
+from ..layers import DeformBottleneckBlock
 
 __all__ = ["EvalModeBatchNorm2d", "resnet_stages", "NUM_BLOCKS_PER_STAGE"]
 

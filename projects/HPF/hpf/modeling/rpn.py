@@ -89,7 +89,7 @@ class SamplingFreeRPN(RPN):
         storage = get_event_storage()
         if self.loss_balance is not None:
             losses = self.loss_balance(losses, "loss_rpn_cls", "loss_rpn_loc")
-            for name, value in self.loss_balance.scalars().items():
+            for name, value in self.loss_balance.metrics().items():
                 storage.put_scalar(f"rpn/{name}", value)
         pi = self._prior_value()
         if pi is not None:

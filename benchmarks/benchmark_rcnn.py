@@ -5,7 +5,7 @@ with Sampling-Free against the biased-sampling baseline, on the same image: time
 memory (CPU: the process's peak RSS; CUDA: max allocated) as ratios to the baseline measured
 in the same run.
 
-    python tools/benchmark_rcnn.py [--height 800 --width 1333] [--pairs 5] [--rounds 2]
+    python benchmarks/benchmark_rcnn.py [--height 800 --width 1333] [--pairs 5] [--rounds 2]
                                    [--threads 2] [--device cpu]
                                    [--models "Faster R-CNN"] [--variants Sampling-Free]
 
@@ -59,7 +59,7 @@ def zero_box_deltas(model, box_predictors=True):
     Zeroes the RPN's and (``box_predictors``) every box predictor's delta layer (they still
     train: they get gradients). Random weights give exploding box deltas. In the RPN, the clipped, degenerate
     proposals get dropped: with zero deltas it returns its full post-NMS top-k, as a trained RPN
-    does. In the cascade, stage 2 gets whole-image boxes (`python tools/profile_step.py
+    does. In the cascade, stage 2 gets whole-image boxes (`python benchmarks/profile_step.py
     --config-file configs/COCO-Detection/cascade_rcnn_R_50_FPN_1x.py --synthetic 800 1333
     --zero-deltas rpn`), and ROIAlign with adaptive sampling (sampling_ratio=0) costs in
     proportion to the RoI area, so the step would time boxes no trained model produces. Zero

@@ -6,7 +6,7 @@ one 8*stride square per location, strides 8-128, offset 0: 16700/4200/1050/273/7
 anchors) against --gts random ground-truth boxes. Prints milliseconds per call (median over
 --reps after --warmup calls; min too) on CPU, and on CUDA when available.
 
-    python tools/benchmark_atss_matcher.py --threads 2
+    python benchmarks/benchmark_atss_matcher.py --threads 2
 """
 
 import argparse

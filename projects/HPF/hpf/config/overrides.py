@@ -1,4 +1,4 @@
-"""LazyConfig helpers: overrides that refuse unknown keys."""
+"""train_net.py's command-line overrides of a LazyConfig, refusing unknown keys."""
 import difflib
 
 from detectron2.config import LazyConfig

@@ -4,9 +4,11 @@ Box AP of finished runs at each IoU threshold of COCO's AP (0.50, 0.55, ..., 0.9
 markdown table: where two detectors' AP differ, this says whether they differ in finding the
 objects (low thresholds) or in placing the boxes (high ones).
 
-    python tools/ap_per_iou.py output/compare/seed0_2400it/faster_rcnn \\
-        output/compare/seed0_2400it/faster_rcnn_sampling_free \\
+    python tools/analysis/ap_per_iou.py RUN_DIR [RUN_DIR ...] \\
         [--gt datasets/shapes/annotations/shapes_val.json]
+
+RUN_DIR: a finished run's output folder (``train.output_dir``), e.g. one of the folders
+``make compare-rcnn`` writes under output/compare/.
 
 Reads each run's ``inference/coco_instances_results.json`` (what train_net.py's COCOEvaluator
 writes) and evaluates it against ``--gt`` with pycocotools: all areas, 100 detections per image,
@@ -20,7 +22,7 @@ import sys
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_GT = os.path.join(REPO, "datasets", "shapes", "annotations", "shapes_val.json")
 
 

@@ -4,15 +4,15 @@ Whether two Faster R-CNN runs' RoI heads differ in scoring the boxes or in placi
 same proposals, the class scores of every run combined with the regressed boxes of every run, a
 grid of box AP (rows: whose scores; columns: whose boxes).
 
-    python tools/swap_scores_boxes.py output/compare/seed0_2400it/faster_rcnn \\
-        output/compare/seed0_2400it/faster_rcnn_sampling_free [--proposals-of 0] [--topk 1000]
+    python tools/analysis/swap_scores_boxes.py RUN_DIR_A RUN_DIR_B [RUN_DIR ...] \\
+        [--proposals-of 0] [--topk 1000]
 
 Each run is rebuilt from its ``config.yaml`` and ``model_final.pth`` (eval mode, CPU). Per test
 image, the RPN of run ``--proposals-of`` (an index into the runs, default the first) gives the
 proposals; every run's box head, on its own backbone's features, gives class probabilities and
 class-specific boxes for each of them. Each (scores, boxes) pair then goes through detectron2's
 ``fast_rcnn_inference`` (score threshold, NMS and detections per image of the run whose scores
-are used) and the model's post-processing; AP as in ``tools/swap_proposals.py``. The cell of a
+are used) and the model's post-processing; AP as in ``tools/analysis/swap_proposals.py``. The cell of a
 run's own scores and boxes on its own proposals is its ordinary inference.
 
 Single-stage RoI heads only (``StandardROIHeads``: Faster / Mask R-CNN boxes); a cascade's
@@ -24,9 +24,9 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from proposal_recall import run_rpn  # noqa: E402
-from swap_proposals import (  # noqa: E402
+# Sibling scripts (the script's folder is on sys.path when it runs as a script).
+from proposal_recall import run_rpn
+from swap_proposals import (
     check_same_sizes, evaluate_grid, load_runs, postprocess, print_grid)
 
 

@@ -3,8 +3,7 @@
 Which half of a two-stage detector makes two runs differ: the RoI heads of every run evaluated
 on the proposals of every run, a grid of box AP (rows: whose proposals; columns: whose RoI heads).
 
-    python tools/swap_proposals.py output/compare/seed0_2400it/faster_rcnn \\
-        output/compare/seed0_2400it/faster_rcnn_sampling_free [--topk 1000]
+    python tools/analysis/swap_proposals.py RUN_DIR_A RUN_DIR_B [RUN_DIR ...] [--topk 1000]
 
 Each run is rebuilt from its ``config.yaml`` and ``model_final.pth`` (eval mode, CPU). Per test
 image, each run's backbone computes its features and its RPN its proposals (after NMS, in the
@@ -25,9 +24,9 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ap_per_iou import ap_per_iou  # noqa: E402
-from proposal_recall import load_run, run_rpn  # noqa: E402
+# Sibling scripts (the script's folder is on sys.path when it runs as a script).
+from ap_per_iou import ap_per_iou
+from proposal_recall import load_run, run_rpn
 
 # The columns of the grid: overall AP and AP at three IoU thresholds (index into 0.50:0.05:0.95).
 COLUMNS = {"AP50": 0, "AP75": 5, "AP90": 8}

@@ -5,7 +5,7 @@ Inputs have the size of an ATSS R-50 step at 800x1333 (padded 800x1344): per ima
 16800/4200/1050/273/77 anchors on P3-P7 (22,400), 80 classes, batch 2, ~150 positives per
 image. Prints milliseconds (median over --reps) and the ratio to sigmoid_focal_loss.
 
-    python tools/benchmark_losses.py --threads 2 --reps 10
+    python benchmarks/benchmark_losses.py --threads 2 --reps 10
 """
 
 import argparse
@@ -15,8 +15,8 @@ import time
 import torch
 
 from hpf.losses import (
-    GHMC,
-    GHMR,
+    GHMCLoss,
+    GHMRLoss,
     ProgressiveFocalLoss,
     ProgressiveQualityFocalLoss,
     ProgressiveVarifocalLoss,
@@ -74,8 +74,8 @@ def cases(inp):
     xs, ts, qs = inp["logits"], inp["targets"], inp["quality"]
     pfl = {s: ProgressiveFocalLoss(sampling=s) for s in ("level", "all", "image")}
     pfq, pfv = ProgressiveQualityFocalLoss(), ProgressiveVarifocalLoss()
-    ghmc, ghmc_levels = GHMC(), GHMC()
-    ghmr = GHMR()
+    ghmc, ghmc_levels = GHMCLoss(), GHMCLoss()
+    ghmr = GHMRLoss(loss_weight=1.0)
     dev = flat_x.device
     ghmc.to(dev), ghmc_levels.to(dev), ghmr.to(dev)
     return {
@@ -100,14 +100,14 @@ def cases(inp):
         "varifocal_loss": (lambda: varifocal_loss(flat_x, flat_q, reduction="sum") / n, [flat_x]),
         "ProgressiveQualityFocalLoss": (lambda: pfq(xs, qs, n), xs),
         "ProgressiveVarifocalLoss": (lambda: pfv(xs, qs, n), xs),
-        "GHMC (one call)": (lambda: ghmc(flat_x, flat_t), [flat_x]),
-        "GHMC (per level, as official)": (
-            lambda: sum(ghmc_levels(x.flatten(0, 1), t.flatten(0, 1)) for x, t in zip(xs, ts)),
+        "GHMCLoss (one call)": (lambda: ghmc([flat_x], [flat_t], n), [flat_x]),
+        "GHMCLoss (per level, as official)": (
+            lambda: ghmc_levels([x.flatten(0, 1) for x in xs], [t.flatten(0, 1) for t in ts], n),
             xs,
         ),
         "sampling_free_ce_loss": (lambda: sampling_free_ce_loss(flat_x, flat_t, n), [flat_x]),
-        "GHMR (positives x 4 only)": (
-            lambda: ghmr(inp["box_pred"], inp["box_target"]),
+        "GHMRLoss (positives x 4 only)": (
+            lambda: ghmr([inp["box_pred"]], [inp["box_target"]]),
             [inp["box_pred"]],
         ),
     }

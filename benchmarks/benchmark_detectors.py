@@ -4,7 +4,7 @@ Times one training step (forward + backward) of ATSS R-50-FPN on one image with 
 classification loss, as a ratio to the focal-loss step of the same model measured in the same
 run, and the ATSS step against detectron2-style FCOS with the same backbone.
 
-    python tools/benchmark_detectors.py [--size 512] [--reps 5] [--rounds 2] [--loss-reps 20]
+    python benchmarks/benchmark_detectors.py [--size 512] [--reps 5] [--rounds 2] [--loss-reps 20]
                                         [--threads 2] [--device cpu]
 
 Per loss, one ATSS model runs alternately with focal loss and with that loss (the loss is a
@@ -22,7 +22,6 @@ of the median of ``--reps`` steps.
 import argparse
 import os
 import statistics
-import sys
 import time
 
 import torch
@@ -31,9 +30,8 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
-from hpf.losses import (  # noqa: E402
+from hpf.losses import (
     FocalLoss,
     GHMCLoss,
     GuidedLossScale,

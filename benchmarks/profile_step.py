@@ -5,8 +5,8 @@ step time, the ops that took the most time (torch.profiler) and, for R-CNN model
 every box-pooler call received (count, mean side, largest side): the numbers behind the
 cost notes in projects/HPF/README.md and configs/Shapes/faster_rcnn_R18h_FPN.py.
 
-    python tools/profile_step.py --config-file configs/Shapes/faster_rcnn_R18h_FPN.py
-    python tools/profile_step.py --config-file configs/COCO-Detection/cascade_rcnn_R_50_FPN_1x.py \\
+    python benchmarks/profile_step.py --config-file configs/Shapes/faster_rcnn_R18h_FPN.py
+    python benchmarks/profile_step.py --config-file configs/COCO-Detection/cascade_rcnn_R_50_FPN_1x.py \\
         --synthetic 800 1333 [--zero-deltas {none,rpn,all}] [key=value ...]
 
 Without ``--synthetic`` the batch is the first one of the config's training loader (the shapes
@@ -14,17 +14,15 @@ configs); with it, one random image of that size (the COCO configs: no COCO here
 random; ``prior_prob="auto"`` is replaced by 0.01 (no statistics are gathered).
 """
 import argparse
-import os
-import sys
 import time
 
 import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.utils.events import EventStorage
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchmark_detectors import make_batch  # noqa: E402
-from benchmark_rcnn import zero_box_deltas  # noqa: E402
+# Sibling scripts (the script's folder is on sys.path when it runs as a script).
+from benchmark_detectors import make_batch
+from benchmark_rcnn import zero_box_deltas
 
 
 def report_rois(pooler, stats):

@@ -4,8 +4,7 @@ Which loss pulls on which part of finished R-CNN runs: for every term of the mod
 loss dict (``loss_rpn_cls``, ``loss_rpn_loc``, ``loss_cls``, ``loss_box_reg``, ...), the norm of its
 gradient with respect to the parameters of each part of the detector, a markdown table per run.
 
-    python tools/loss_gradients.py output/compare/seed0_2400it/faster_rcnn \\
-        output/compare/seed0_2400it/faster_rcnn_sampling_free [--images 64]
+    python tools/analysis/loss_gradients.py RUN_DIR [RUN_DIR ...] [--images 64]
 
 Each run is rebuilt from its ``config.yaml`` and ``model_final.pth`` (or ``--checkpoint``, e.g.
 ``model_0000599.pth``) in training mode (CPU) and fed the first ``--images`` images of its
@@ -29,8 +28,8 @@ import sys
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from proposal_recall import load_run  # noqa: E402
+# Sibling scripts (the script's folder is on sys.path when it runs as a script).
+from proposal_recall import load_run
 
 
 def part_of(parameter_name):

@@ -1,3 +1,5 @@
+"""The small from-scratch ResNets of the CPU-sized configs (embedded shapes dataset), put
+into a dense detector or an R-CNN model config by mutating it."""
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import BasicStem, ResNet

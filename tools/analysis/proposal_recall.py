@@ -4,8 +4,7 @@ How well the RPN of finished R-CNN runs places its proposals: for every ground-t
 test set, the best IoU among the top-k proposals; printed as the mean best IoU and the recall at
 several IoU thresholds, a markdown row per run and top-k.
 
-    python tools/proposal_recall.py output/compare/seed0_2400it/faster_rcnn \\
-        output/compare/seed0_2400it/faster_rcnn_sampling_free [--topk 100 1000]
+    python tools/analysis/proposal_recall.py RUN_DIR [RUN_DIR ...] [--topk 100 1000]
         [--thresholds 0.5 0.7 0.8 0.9]
 
 Each run is rebuilt from its ``config.yaml`` and ``model_final.pth`` and run (eval mode, CPU)
