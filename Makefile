@@ -6,7 +6,7 @@ DEMO_CONFIG ?= configs/Shapes/atss_R18h_FPN_hpf_demo.py
 DEMO_OUT    ?= output/demo
 DEMO_OPTS   ?=
 
-.PHONY: setup test demo compare compare-summary compare-rcnn env clean-demo
+.PHONY: setup test demo compare compare-summary compare-rcnn env clean-demo neon-trees
 
 setup: $(STAMP)
 
@@ -34,6 +34,14 @@ demo: $(STAMP)
 
 clean-demo:
 	rm -rf $(DEMO_OUT)
+
+# The NEON tree-crown dataset (neon_trees_train / neon_trees_val, real aerial images): downloads
+# the deepforest 2.1.0 wheel with `pip download --no-deps` into
+# $DETECTRON2_DATASETS/neon_trees/download/ if missing (sha256 pinned in the code), tiles it
+# into 400 px COCO tiles and prints the counts; nothing is redone when it is there
+# (see projects/HPF/hpf/data/neon_trees.py and datasets/README.md).
+neon-trees: $(STAMP)
+	$(PYTHON) -m hpf.data.neon_trees
 
 # ATSS with focal loss, HPF and Sampling-Free on the shapes dataset, same budget and seed each
 # (about 10 minutes each on 2 CPU cores); prints their AP side by side.

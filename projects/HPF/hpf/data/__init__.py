@@ -1,6 +1,7 @@
 """Datasets of the HPF project.  Importing this package registers ``shapes_train``,
 ``shapes_val``, ``shapes_tiny_train`` and ``shapes_tiny_val`` in detectron2's DatasetCatalog
-(lazily: data is generated on first use); see :mod:`hpf.data.datasets`."""
+(lazily: data is generated on first use); see :mod:`hpf.data.datasets`; and
+``neon_trees_train`` / ``neon_trees_val`` (:mod:`hpf.data.neon_trees`)."""
 
 import warnings as _warnings
 
@@ -9,6 +10,10 @@ import warnings as _warnings
 # the __main__ copy).  Silence exactly that message.
 _warnings.filterwarnings(
     "ignore", message=r".*'hpf\.data\.shapes' found in sys\.modules", category=RuntimeWarning
+)
+_warnings.filterwarnings(
+    "ignore", message=r".*'hpf\.data\.neon_trees' found in sys\.modules",
+    category=RuntimeWarning,
 )
 
 from .shapes import (  # noqa: E402
@@ -28,7 +33,16 @@ from .datasets import (  # noqa: E402
     register_shapes,
 )
 
+from .neon_trees import (  # noqa: E402
+    NEON_TREES_NAMES,
+    ensure_neon_trees,
+    register_neon_trees,
+)
+
 register_all_hpf_datasets()
+# neon_trees_train / neon_trees_val (real NEON aerial tree crowns, generated on first use from
+# the deepforest 2.1.0 wheel; see hpf.data.neon_trees); user registrations are kept.
+register_neon_trees(only_missing=True)
 
 __all__ = [
     "ShapesSpec",
@@ -43,4 +57,7 @@ __all__ = [
     "prepare_registered_shapes",
     "register_all_hpf_datasets",
     "register_shapes",
+    "NEON_TREES_NAMES",
+    "ensure_neon_trees",
+    "register_neon_trees",
 ]
