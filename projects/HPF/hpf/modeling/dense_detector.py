@@ -24,12 +24,12 @@ from hpf.losses import (
 )
 
 from .priors import anchors_for_image_size
+from .utils import log_metrics
 
 __all__ = [
     "AnchorLabels",
     "PluggableLossMixin",
     "iou_targets",
-    "log_metrics",
     "quality_targets",
     "reduce_mean",
 ]
@@ -205,16 +205,10 @@ class PluggableLossMixin:
     def _log_level_stats(self, gt_labels, sizes):
         storage = get_event_storage()
         pos = ((gt_labels >= 0) & (gt_labels != self.num_classes)).sum(0)
-        for level, n in enumerate(pos.split(sizes)):
-            storage.put_scalar(f"num_pos/level{level}", n.sum().item() / len(gt_labels))
+        per_level = torch.stack([n.sum() for n in pos.split(sizes)]).tolist()  # one sync
+        for level, n in enumerate(per_level):
+            storage.put_scalar(f"num_pos/level{level}", n / len(gt_labels))
         log_metrics(self.cls_loss)
-
-
-def log_metrics(module):
-    """Log what ``module.metrics()`` returns (a loss, or the loss balance) as it is."""
-    storage = get_event_storage()
-    for name, value in module.metrics().items():
-        storage.put_scalar(name, value)
 
 
 def iou_targets(pred_boxes, gt_boxes, pos_mask):

@@ -12,6 +12,8 @@ from detectron2.utils.events import get_event_storage
 
 from hpf.losses import GuidedLossScale, adaptive_threshold
 
+from .utils import log_metrics
+
 __all__ = ["SamplingFreeFastRCNNOutputLayers"]
 
 
@@ -84,8 +86,7 @@ class SamplingFreeFastRCNNOutputLayers(FastRCNNOutputLayers):
         storage = get_event_storage()
         if self.scale_classification:
             losses = self.loss_balance(losses, "loss_cls", "loss_box_reg")
-            for name, value in self.loss_balance.metrics().items():
-                storage.put_scalar(f"roi_head/{name}", value)
+            log_metrics(self.loss_balance, prefix="roi_head/")
         self._update_foreground_stats(num_fg, num_rois)
         num_images = max(len(proposals), 1)
         storage.put_scalar("roi_head/num_fg", num_fg / num_images)

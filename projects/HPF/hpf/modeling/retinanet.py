@@ -8,7 +8,8 @@ from detectron2.structures import Boxes
 
 from hpf.losses import BoxRegressionLoss, check_loss_type
 
-from .dense_detector import PluggableLossMixin, log_metrics, quality_targets
+from .dense_detector import PluggableLossMixin, quality_targets
+from .utils import log_metrics
 from .utils import check_finite_predictions
 
 __all__ = ["RetinaNet"]

@@ -11,6 +11,7 @@ from detectron2.utils.events import get_event_storage
 from hpf.losses import optimal_prior, prior_bias
 
 from .priors import anchors_for_image_size
+from .utils import log_metrics
 
 __all__ = ["SamplingFreeRPN"]
 
@@ -89,8 +90,7 @@ class SamplingFreeRPN(RPN):
         storage = get_event_storage()
         if self.loss_balance is not None:
             losses = self.loss_balance(losses, "loss_rpn_cls", "loss_rpn_loc")
-            for name, value in self.loss_balance.metrics().items():
-                storage.put_scalar(f"rpn/{name}", value)
+            log_metrics(self.loss_balance, prefix="rpn/")
         pi = self._prior_value()
         if pi is not None:
             storage.put_scalar("rpn/prior_prob", pi)

@@ -2,6 +2,14 @@ import torch
 from detectron2.utils.events import get_event_storage
 
 
+def log_metrics(module, prefix=""):
+    """Logs what ``module.metrics()`` returns (a loss or a loss balance), each name after
+    ``prefix``."""
+    storage = get_event_storage()
+    for name, value in module.metrics().items():
+        storage.put_scalar(prefix + name, value)
+
+
 def check_finite_predictions(predictions, what="box predictions"):
     """
     Raises ``FloatingPointError`` naming the iteration when ``predictions`` (a list of
