@@ -67,8 +67,10 @@ compare-summary: $(STAMP)
 
 # RetinaNet and ATSS R-50 with focal loss, HPF and Sampling-Free on the NEON tree crowns, from
 # the converted ImageNet R-50 (`make weights`), plus RetinaNet from scratch at the same number of
-# iterations; same budget and seed each (5-6 minutes a run on 2 CPU cores, the scratch one
-# about 3x longer); prints their AP side by side. Every finished seed: make compare-trees-summary.
+# iterations; same budget and seed each; prints their AP side by side. Two seeds side by side,
+# one thread each, take 65 minutes on 2 cores (8.5 minutes a run, 12 for the scratch one):
+#   OMP_NUM_THREADS=1 make compare-trees COMPARE_SEED=0 & OMP_NUM_THREADS=1 make compare-trees COMPARE_SEED=1
+# then `make compare-trees-summary` tabulates every finished seed.
 TREES_OUT  ?= output/compare_trees
 TREES_RUNS ?= retinanet_R_50_FPN_focal retinanet_R_50_FPN_hpf retinanet_R_50_FPN_sampling_free \
   atss_R_50_FPN_focal atss_R_50_FPN_hpf atss_R_50_FPN_sampling_free \

@@ -31,3 +31,18 @@ def test_unfinished_run_is_named(tmp_path):
     (tmp_path / "running").mkdir()
     with pytest.raises(FileNotFoundError, match="running"):
         compare_runs.main([str(tmp_path / "running")])
+
+
+def test_size_without_ground_truth_is_a_dash(tmp_path, capsys):
+    runs = []
+    for seed in (0, 1):
+        run = tmp_path / f"seed{seed}" / "trees"
+        run.mkdir(parents=True)
+        bbox = {m: 5.0 + seed for m in compare_runs.METRICS}
+        bbox["APl"] = float("nan")  # detectron2's value when no ground truth is large
+        (run / "eval_neon_trees_val.json").write_text(json.dumps({"bbox": bbox}))
+        runs.append(str(run))
+    assert compare_runs.main(runs) == 0
+    out = capsys.readouterr().out
+    assert "| trees | 5.0 | 5.0 | 5.0 | 5.0 | 5.0 | – |" in out
+    assert out.rstrip().endswith("| 5.5 (5.0-6.0) | – |")

@@ -111,7 +111,8 @@ def test_input_format_matches_pixel_stats(path):
     if "input_format" in cfg.model:
         assert cfg.model.input_format == fmt
     first = cfg.model.pixel_mean[0]
-    assert math.isclose(first, 123.675) or math.isclose(first, 103.53), first
+    # RGB ImageNet mean; BGR: detectron2's MSRA / FAIR mean, or Keras' "caffe" mean (the npm R-50)
+    assert any(math.isclose(first, m) for m in (123.675, 103.53, 103.939)), first
     assert math.isclose(first, 123.675) == (fmt == "RGB"), (fmt, list(cfg.model.pixel_mean))
 
 
@@ -158,7 +159,7 @@ def test_sampling_free_configs(path):
     assert model.cls_loss._target_ is SamplingFreeCELoss
     assert model.loss_balance._target_ is GuidedLossScale
     name = os.path.basename(path)
-    if "Shapes" in path:
+    if "Shapes" in path or "NeonTrees" in path:
         assert model.prior_prob == "auto" and model.test_score_thresh == "auto"
         return
     arch = name.split("_")[0]
@@ -364,6 +365,58 @@ def _same_except(cfg, base, model_fields=(), keys=("model", "dataloader", "optim
         base.model[field] = cfg.model[field]
     for key in keys:
         assert cfg[key] == base[key], key
+
+
+TREES_DIR = os.path.join(REPO, "configs", "NeonTrees")
+# Each NEON tree-crown run against its focal-loss base: the model fields and train keys it may
+# change (the loss, its balance, prior and threshold; where it writes).
+TREES_CHANGES = {
+    "hpf": ({"cls_loss"}, {"output_dir"}),
+    "sampling_free": ({"cls_loss", "loss_balance", "prior_prob", "test_score_thresh"},
+                      {"output_dir", "foreground_stats_images"}),
+}
+
+
+@pytest.mark.parametrize("arch", ["retinanet", "atss"])
+@pytest.mark.parametrize("variant", sorted(TREES_CHANGES))
+def test_neon_trees_configs_change_only_the_loss(arch, variant):
+    """make compare-trees changes one thing per run: the classification ingredient."""
+    base = LazyConfig.load(os.path.join(TREES_DIR, f"{arch}_R_50_FPN_focal.py"))
+    cfg = LazyConfig.load(os.path.join(TREES_DIR, f"{arch}_R_50_FPN_{variant}.py"))
+    fields, train_keys = TREES_CHANGES[variant]
+    assert all(cfg.model.get(f) != base.model.get(f) for f in fields)
+    for key in train_keys:
+        base.train[key] = cfg.train[key]
+    assert cfg.train.output_dir != LazyConfig.load(
+        os.path.join(TREES_DIR, f"{arch}_R_50_FPN_focal.py")).train.output_dir
+    _same_except(cfg, base, fields)
+
+
+def test_neon_trees_scratch_config_drops_only_the_weights():
+    base = LazyConfig.load(os.path.join(TREES_DIR, "retinanet_R_50_FPN_focal.py"))
+    cfg = LazyConfig.load(os.path.join(TREES_DIR, "retinanet_R_50_FPN_focal_scratch.py"))
+    assert base.train.init_checkpoint == "weights/R-50-keras.pkl" and cfg.train.init_checkpoint == ""
+    bottom_up = cfg.model.backbone.bottom_up
+    assert (bottom_up.freeze_at, bottom_up.stem.norm, bottom_up.stages.norm) == (0, "GN", "GN")
+    for key in ("init_checkpoint", "output_dir"):
+        base.train[key] = cfg.train[key]
+    base.model.backbone.bottom_up = bottom_up
+    _same_except(cfg, base)
+
+
+def test_neon_trees_retinanet_and_atss_share_the_budget():
+    retina = LazyConfig.load(os.path.join(TREES_DIR, "retinanet_R_50_FPN_focal.py"))
+    atss = LazyConfig.load(os.path.join(TREES_DIR, "atss_R_50_FPN_focal.py"))
+    assert atss.train.output_dir != retina.train.output_dir
+    atss.train.output_dir = retina.train.output_dir  # the evaluator's output follows it
+    for key in ("dataloader", "optimizer", "lr_multiplier", "train"):
+        assert atss[key] == retina[key], key
+    for cfg in (retina, atss):
+        assert cfg.train.init_checkpoint == "weights/R-50-keras.pkl"
+        assert cfg.model.backbone.bottom_up.stages.stride_in_1x1 is True
+        assert cfg.model.input_format == "BGR" and list(cfg.model.pixel_std) == [1.0, 1.0, 1.0]
+        assert cfg.dataloader.train.dataset.names == "neon_trees_train"
+        assert cfg.dataloader.test.dataset.names == "neon_trees_val"
 
 
 SF_R50 = "retinanet_sampling_free_R_50_FPN_1x"

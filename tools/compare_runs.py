@@ -16,6 +16,11 @@ import sys
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
+def cell(value):
+    """One decimal; "–" where COCO has no ground truth of that size (detectron2 writes NaN)."""
+    return "–" if value != value else f"{value:.1f}"
+
+
 def load_ap(run_dir):
     files = sorted(glob.glob(os.path.join(run_dir, "eval_*.json")))
     if not files:
@@ -32,7 +37,7 @@ def main(argv=None):
     print("| run | " + " | ".join(METRICS) + " |")
     print("|---|" + "---:|" * len(METRICS))
     for name, ap in rows:
-        print(f"| {name} | " + " | ".join(f"{ap[m]:.1f}" for m in METRICS) + " |")
+        print(f"| {name} | " + " | ".join(cell(ap[m]) for m in METRICS) + " |")
     groups = {}
     for name, ap in rows:
         groups.setdefault(name, []).append(ap)
@@ -43,7 +48,11 @@ def main(argv=None):
             cells = []
             for m in METRICS:
                 values = [ap[m] for ap in aps]
-                cells.append(f"{sum(values) / len(values):.1f} ({min(values):.1f}-{max(values):.1f})")
+                if any(v != v for v in values):
+                    cells.append("–")
+                    continue
+                cells.append(f"{cell(sum(values) / len(values))} ({cell(min(values))}-"
+                             f"{cell(max(values))})")
             print(f"| {name} | {len(aps)} | " + " | ".join(cells) + " |")
     return 0
 
