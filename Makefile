@@ -70,8 +70,10 @@ compare-summary: $(STAMP)
 # iterations; same budget and seed each; prints their AP side by side. Two seeds side by side,
 # one thread each, take 65 minutes on 2 cores (8.5 minutes a run, 12 for the scratch one):
 #   OMP_NUM_THREADS=1 make compare-trees COMPARE_SEED=0 & OMP_NUM_THREADS=1 make compare-trees COMPARE_SEED=1
-# then `make compare-trees-summary` tabulates every finished seed.
+# then `make compare-trees-summary` tabulates every finished seed. TREES_RUNS picks configs,
+# TREES_OPTS adds overrides (e.g. TREES_OPTS="train.max_iter=20" for a smoke run).
 TREES_OUT  ?= output/compare_trees
+TREES_OPTS ?=
 TREES_RUNS ?= retinanet_R_50_FPN_focal retinanet_R_50_FPN_hpf retinanet_R_50_FPN_sampling_free \
   atss_R_50_FPN_focal atss_R_50_FPN_hpf atss_R_50_FPN_sampling_free \
   retinanet_R_50_FPN_focal_scratch
@@ -80,7 +82,7 @@ compare-trees: $(STAMP) weights
 	for run in $(TREES_RUNS); do \
 	  OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(nproc)} $(PYTHON) train_net.py \
 	    --config-file configs/NeonTrees/$$run.py --resume train.seed=$(COMPARE_SEED) \
-	    train.output_dir=$(TREES_OUT)/seed$(COMPARE_SEED)/$$run || exit 1; \
+	    train.output_dir=$(TREES_OUT)/seed$(COMPARE_SEED)/$$run $(TREES_OPTS) || exit 1; \
 	done
 	$(PYTHON) tools/compare_runs.py $(addprefix $(TREES_OUT)/seed$(COMPARE_SEED)/,$(TREES_RUNS))
 

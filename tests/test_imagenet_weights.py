@@ -284,6 +284,36 @@ def test_loads_into_project_r50_fpn_config(checkpoint, config):
         torch.testing.assert_close(own[key], torch.from_numpy(checkpoint["model"][key]))
 
 
+@needs_weights
+def test_loading_into_another_architecture_names_the_mismatched_keys():
+    """The R-50 checkpoint as ``train.init_checkpoint`` of a ResNet-34 (basic blocks: 3x3 where
+    the R-50 has 1x1 convs, no conv3): the checkpointer's log names every key whose shape differs
+    (with both shapes) and the keys the model lacks, instead of loading silently."""
+    import logging
+
+    class Detector(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = torch.nn.Module()
+            self.backbone.bottom_up = ResNet(
+                BasicStem(3, 64, norm="FrozenBN"),
+                ResNet.make_default_stages(34, norm="FrozenBN"), out_features=["res5"])
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("fvcore.common.checkpoint")
+    logger.addHandler(handler)
+    try:
+        DetectionCheckpointer(Detector()).load(WEIGHTS)
+    finally:
+        logger.removeHandler(handler)
+    log = "\n".join(r.getMessage() for r in records)
+    assert ("'backbone.bottom_up.res2.0.conv1.weight' to the model due to incompatible shapes: "
+            "(64, 64, 1, 1) in the checkpoint but (64, 64, 3, 3) in the model") in log, log[:2000]
+    assert "not used by the model" in log and "backbone.bottom_up.res2.0.conv3" in log
+
+
 def test_use_imagenet_r50_refuses_other_depths():
     cfg = LazyConfig.load(os.path.join(REPO, "configs", "COCO-Detection",
                                        "retinanet_fl_R_101_FPN_1x.py"))
