@@ -210,7 +210,7 @@ def test_shapes_rcnn_pair_trains_and_evaluates(arch, datasets_root, tmp_path):
 
 
 def test_learned_scale_moves_delta_sq_as_its_gradient_predicts(datasets_root, tmp_path):
-    """A few hundred iterations of Sampling-Free FCOS with the official delta^2 weighting:
+    """A hundred iterations of Sampling-Free FCOS with the official delta^2 weighting:
     d/d delta (delta^2 L' - log delta^2) = 2 delta (L' - 1 / delta^2), with L' = r L_cls the box
     loss, so delta^2 rises while delta^2 L_box < 1 and falls while it is > 1. delta^2 is logged,
     and the checkpoint holds delta."""
@@ -218,7 +218,7 @@ def test_learned_scale_moves_delta_sq_as_its_gradient_predicts(datasets_root, tm
 
     config = os.path.join(REPO, "configs", "Shapes", "fcos_R18h_FPN_sampling_free.py")
     run_train_net(["--config-file", config, *TINY_TRAIN, f"train.output_dir={tmp_path}",
-                   "train.max_iter=200", "train.log_period=10",
+                   "train.max_iter=100", "train.log_period=10",
                    "train.foreground_stats_images=4", "train.checkpointer.period=1000"],
                   datasets_root, timeout=900)
     rows = [m for m in read_metrics(tmp_path) if "total_loss" in m]
@@ -232,5 +232,7 @@ def test_learned_scale_moves_delta_sq_as_its_gradient_predicts(datasets_root, tm
     # It heads for 1 / L_box: the gap to it shrinks.
     assert abs(delta_sq[-1] * box[-1] - 1) < abs(delta_sq[0] * box[0] - 1), (delta_sq, box)
     state = torch.load(tmp_path / "model_final.pth", map_location="cpu", weights_only=False)
-    assert state["model"]["loss_balance.delta"].item() ** 2 == pytest.approx(
-        delta_sq[-1], rel=1e-3)
+    # The checkpoint holds delta after the last step; the last logged value is from before it,
+    # so they differ by at most what 10 logged steps moved it.
+    saved = state["model"]["loss_balance.delta"].item() ** 2
+    assert abs(saved - delta_sq[-1]) <= abs(delta_sq[-1] - delta_sq[-2]), (saved, delta_sq)
