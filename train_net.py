@@ -169,8 +169,20 @@ def main(args):
             checkpointer.resume_or_load("", resume=True)
         else:
             resume_or_load(checkpointer, cfg.train.init_checkpoint, resume=False)
-        return do_test(cfg, model)
-    return do_train(args, cfg)
+        results = do_test(cfg, model)
+    else:
+        results = do_train(args, cfg)
+    close_process_group()
+    return results
+
+
+def close_process_group():
+    """Tear the process group down once every process is done. Left to interpreter exit, a gloo
+    group's threads can be destroyed while still joinable, and the process aborts
+    ("terminate called without an active exception") after its work is done."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        comm.synchronize()
+        torch.distributed.destroy_process_group()
 
 
 def invoke_main() -> None:
