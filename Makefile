@@ -48,14 +48,13 @@ neon-trees: $(STAMP)
 # (about 10 minutes each on 2 CPU cores); prints their AP side by side.
 COMPARE_OUT  ?= output/compare
 COMPARE_SEED ?= 0
-# One seeded, resumable training run of a comparison: $(call shapes_run,CONFIG,RUN_NAME).
-shapes_run = OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(nproc)} $(PYTHON) train_net.py \
-  --config-file $(1) --resume train.seed=$(COMPARE_SEED) \
-  train.output_dir=$(COMPARE_OUT)/seed$(COMPARE_SEED)/$(2)
+# One seeded, resumable training run of a comparison: $(call seeded_run,CONFIG,OUTPUT_DIR).
+seeded_run = OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(nproc)} $(PYTHON) train_net.py \
+  --config-file $(1) --resume train.seed=$(COMPARE_SEED) train.output_dir=$(2)
 compare: $(STAMP)
 	$(PYTHON) -m hpf.data.shapes
 	for loss in focal hpf sampling_free; do \
-	  $(call shapes_run,configs/Shapes/atss_R18h_FPN_$$loss.py,$$loss) || exit 1; \
+	  $(call seeded_run,configs/Shapes/atss_R18h_FPN_$$loss.py,$(COMPARE_OUT)/seed$(COMPARE_SEED)/$$loss) || exit 1; \
 	done
 	$(PYTHON) tools/compare_runs.py $(COMPARE_OUT)/seed$(COMPARE_SEED)/focal \
 	  $(COMPARE_OUT)/seed$(COMPARE_SEED)/hpf $(COMPARE_OUT)/seed$(COMPARE_SEED)/sampling_free
@@ -80,9 +79,8 @@ TREES_RUNS ?= retinanet_R_50_FPN_focal retinanet_R_50_FPN_hpf retinanet_R_50_FPN
 compare-trees: $(STAMP) weights
 	$(PYTHON) -m hpf.data.neon_trees
 	for run in $(TREES_RUNS); do \
-	  OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(nproc)} $(PYTHON) train_net.py \
-	    --config-file configs/NeonTrees/$$run.py --resume train.seed=$(COMPARE_SEED) \
-	    train.output_dir=$(TREES_OUT)/seed$(COMPARE_SEED)/$$run $(TREES_OPTS) || exit 1; \
+	  $(call seeded_run,configs/NeonTrees/$$run.py,$(TREES_OUT)/seed$(COMPARE_SEED)/$$run) \
+	    $(TREES_OPTS) || exit 1; \
 	done
 	$(PYTHON) tools/compare_runs.py $(addprefix $(TREES_OUT)/seed$(COMPARE_SEED)/,$(TREES_RUNS))
 
@@ -95,7 +93,7 @@ RCNN ?= faster_rcnn
 compare-rcnn: $(STAMP)
 	$(PYTHON) -m hpf.data.shapes
 	for variant in "" _sampling_free; do \
-	  $(call shapes_run,configs/Shapes/$(RCNN)_R18h_FPN$$variant.py,$(RCNN)$$variant) || exit 1; \
+	  $(call seeded_run,configs/Shapes/$(RCNN)_R18h_FPN$$variant.py,$(COMPARE_OUT)/seed$(COMPARE_SEED)/$(RCNN)$$variant) || exit 1; \
 	done
 	$(PYTHON) tools/compare_runs.py $(COMPARE_OUT)/seed$(COMPARE_SEED)/$(RCNN) \
 	  $(COMPARE_OUT)/seed$(COMPARE_SEED)/$(RCNN)_sampling_free

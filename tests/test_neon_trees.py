@@ -26,14 +26,9 @@ EXPECTED = {
 
 
 @pytest.fixture(scope="module")
-def wheel(neon_trees_wheel):
-    return neon_trees_wheel
-
-
-@pytest.fixture(scope="module")
-def generated(tmp_path_factory, wheel):
+def generated(tmp_path_factory, neon_trees_wheel):
     root = str(tmp_path_factory.mktemp("neon_a") / "neon_trees")
-    info = nt.generate_neon_trees(root, wheel=wheel)
+    info = nt.generate_neon_trees(root, wheel=neon_trees_wheel)
     cocos = {}
     for s in nt.SPLITS:
         with open(info["splits"][s]["json_file"]) as f:
@@ -163,9 +158,9 @@ def test_registered_datasets_load(generated):
         nt.register_neon_trees()  # back to $DETECTRON2_DATASETS/neon_trees
 
 
-def test_deterministic(generated, wheel, tmp_path):
+def test_deterministic(generated, neon_trees_wheel, tmp_path):
     info, _ = generated
-    again = nt.generate_neon_trees(str(tmp_path / "neon_trees"), wheel=wheel)
+    again = nt.generate_neon_trees(str(tmp_path / "neon_trees"), wheel=neon_trees_wheel)
     a, b = info["root"], again["root"]
     files = sorted(os.path.relpath(os.path.join(d, f), a)
                    for d, _, fs in os.walk(a) for f in fs)

@@ -144,6 +144,36 @@ def test_visualize_predictions_writes_a_png(trained, datasets_root, tmp_path):
     assert image.size[0] >= 3 * 256 and image.size[1] >= 2 * 256  # 3 columns x 2 rows
 
 
+def _visualize(trained, datasets_root, png, *args):
+    out, _ = trained
+    env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root), OMP_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "visualize_predictions.py"), "--config-file",
+         DEMO_CONFIG, "--checkpoint", f"{out}/model_final.pth", "--output", str(png), *args,
+         *TINY_TRAIN],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+
+
+def test_visualize_ground_truth_next_to_chosen_images(trained, datasets_root, tmp_path):
+    png = tmp_path / "gt.png"
+    proc = _visualize(trained, datasets_root, png, "--indices", "1,2", "--ground-truth",
+                      "--boxes-only", "--score-thresh", "0.0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from PIL import Image
+
+    width, height = Image.open(png).size
+    assert 2 * 256 <= width <= 2 * 320 and 2 * 256 <= height <= 2 * 320  # 2 columns x 2 rows
+    assert "ground truth and detections" in proc.stdout
+
+
+def test_visualize_names_indices_outside_the_dataset(trained, datasets_root, tmp_path):
+    proc = _visualize(trained, datasets_root, tmp_path / "x.png", "--indices", "0,999")
+    assert proc.returncode == 2
+    assert "--indices [999]" in proc.stderr and "shapes_tiny_val has" in proc.stderr
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_per_level_statistics_reach_metrics_json(datasets_root, tmp_path):
     config = os.path.join(REPO, "configs", "Shapes", "atss_R18h_FPN_hpf.py")
     run_train_net(["--config-file", config, *TINY_TRAIN, f"train.output_dir={tmp_path}",

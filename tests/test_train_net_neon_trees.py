@@ -64,8 +64,8 @@ def test_training_loads_the_weights_and_evaluates_on_the_validation_tiles(traine
 
 def test_eval_only_reproduces_the_training_ap(trained, neon_root, tmp_path):
     out, _ = trained
-    run_train_net(["--eval-only", *_args(tmp_path)[:-2],
-                   f"train.init_checkpoint={out}/model_final.pth"], neon_root)
+    run_train_net(["--eval-only", *_args(tmp_path, f"train.init_checkpoint={out}/model_final.pth")],
+                  neon_root)
     with open(os.path.join(out, EVAL_FILE)) as f, open(os.path.join(tmp_path, EVAL_FILE)) as g:
         assert json.load(g) == json.load(f)
 

@@ -36,6 +36,15 @@ def tile(images, cols):
     return canvas
 
 
+GREEN, RED = (0.1, 0.9, 0.1), (1.0, 0.2, 0.2)
+
+
+def draw_boxes(rgb, metadata, boxes, color):
+    """`boxes` (N x 4, XYXY) in one colour, without labels."""
+    return Visualizer(rgb, metadata).overlay_instances(
+        boxes=boxes, assigned_colors=[color] * len(boxes)).get_image()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--config-file", required=True)
@@ -85,13 +94,9 @@ def main():
         if args.ground_truth:
             boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
                      for a in record.get("annotations", [])]
-            drawn.append(Visualizer(rgb, metadata).overlay_instances(
-                boxes=np.array(boxes).reshape(-1, 4),
-                assigned_colors=[(0.1, 0.9, 0.1)] * len(boxes)).get_image())
+            drawn.append(draw_boxes(rgb, metadata, np.array(boxes).reshape(-1, 4), GREEN))
         if args.boxes_only:
-            boxes = instances.pred_boxes.tensor.numpy()
-            drawn.append(Visualizer(rgb, metadata).overlay_instances(
-                boxes=boxes, assigned_colors=[(1.0, 0.2, 0.2)] * len(boxes)).get_image())
+            drawn.append(draw_boxes(rgb, metadata, instances.pred_boxes.tensor.numpy(), RED))
         else:
             drawn.append(Visualizer(rgb, metadata).draw_instance_predictions(instances).get_image())
     Image.fromarray(tile(drawn, cols=2 if args.ground_truth else 3)).save(args.output)

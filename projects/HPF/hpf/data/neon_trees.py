@@ -32,8 +32,8 @@ Tiling
     aligned to the right/bottom image edge so that the whole image is covered (its overlap with
     the previous tile can be larger).  Validation images are *partitioned* instead
     (:func:`partition_origins`): each axis is split into ``ceil(length / 400)`` near-equal
-    parts, so the tiles (at most 400 px: 312 x 345 for the 1249 x 1035 image) do not overlap and a tree
-    is evaluated at most once, not once per overlapping tile.  An image no larger than a tile
+    parts, so the tiles (at most 400 px: 312 x 345 for the 1249 x 1035 image) do not overlap
+    and a tree is evaluated at most once, not once per overlapping tile.  An image no larger than a tile
     (the 400 x 400 ones) is one tile, the image itself.  Every tiling position is written, also
     when no box falls into it: such *background tiles* are kept in the json (with no
     annotations) and counted in ``spec.json`` / the CLI output.  (Note that detectron2 drops
@@ -100,7 +100,8 @@ from .shapes import dataset_lock
 __all__ = [
     "WHEEL_REQUIREMENT", "WHEEL_NAME", "WHEEL_SHA256", "TILE_SIZE", "TILE_STRIDE",
     "MIN_VISIBLE_FRACTION", "SOURCES", "SPLITS", "NEON_TREES_NAMES", "NeonTreesDataError",
-    "SPLIT_TILING", "tile_origins", "partition_origins", "clip_box_to_tile", "fetch_wheel", "generate_neon_trees",
+    "SPLIT_TILING", "tile_origins", "partition_origins", "clip_box_to_tile", "fetch_wheel",
+    "generate_neon_trees",
     "ensure_neon_trees", "neon_trees_paths", "default_neon_trees_root", "register_neon_trees",
     "main",
 ]
