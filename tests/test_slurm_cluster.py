@@ -156,7 +156,9 @@ def assert_resumed_and_finished(run, max_iter, period, restarts=1):
 def test_a_job_trains_and_evaluates(submit):
     run, proc = submit("train.max_iter=5", wait=True)
     assert f"Job {run.job_id} finished" in proc.stdout
-    assert run.state() == "COMPLETED"
+    # submitit reports the job finished once its task has returned; SLURM may still be
+    # running the epilogue (COMPLETING) for a moment.
+    run.wait_for("completed", lambda: run.state() == "COMPLETED")
     assert (run.out / "eval_shapes_tiny_val.json").exists()
     final = torch.load(run.out / "model_final.pth", map_location="cpu", weights_only=False)
     assert final["iteration"] == 4
