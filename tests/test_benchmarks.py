@@ -50,6 +50,30 @@ def test_recorded_loss_inputs_are_detached_copies():
     assert torch.allclose(loss(recorded, targets, 1.0), value)  # same inputs, same value
 
 
+def test_benchmark_losses_prints_every_loss_with_paired_ratios(capsys):
+    import torch
+
+    benchmark_losses = load_tool("benchmarks/benchmark_losses.py")
+    benchmark_losses.main(["--anchors", "40,10,3", "--classes", "5", "--positives", "4",
+                           "--reps", "1", "--warmup", "0", "--pairs", "3", "--threads", "1",
+                           "--device", "cpu"])
+    out = capsys.readouterr().out
+    inputs = benchmark_losses.make_inputs(2, 5, 4, torch.device("cpu"), anchors=(40, 10, 3))
+    names = set(benchmark_losses.cases(inputs))
+    timed = {r[0]: r for r in table_rows(out, 4) if r[0] in names}
+    paired = {r[0]: r for r in table_rows(out, 5) if r[0] in names}
+    assert set(timed) == names and set(paired) == names - {benchmark_losses.BASE}
+    assert float(timed[benchmark_losses.BASE][2]) == 1.0
+    assert all(float(r[1]) > 0 for r in timed.values())
+    for name, (_, median, iqr, spread, fastest) in paired.items():
+        q1, q3 = (float(x) for x in iqr.split("-"))
+        low, high = (float(x) for x in spread.split("-"))
+        assert 0 < low <= q1 <= float(median) <= q3 <= high, name  # the median of the pairs
+        assert float(fastest) > 0, name
+    assert "3 interleaved pairs per loss" in out
+    assert re.search(r"gamma_ad per level in these inputs: \[[\d., ]+\]", out)
+
+
 def test_benchmark_rcnn_prints_time_and_memory_ratios(capsys):
     benchmark_rcnn.main(["--height", "160", "--width", "224", "--pairs", "2", "--rounds", "1",
                          "--threads", "1", "--device", "cpu", "--models", "Cascade R-CNN",
@@ -101,3 +125,19 @@ def test_profile_step_reports_every_pooled_roi_and_applies_overrides(capsys):
     calls = re.findall(r"box pooler call \d+: (\d+) RoIs, mean side (\d+) px", out)
     assert len(calls) == 1 and int(calls[0][0]) == 2 * 64 and int(calls[0][1]) > 0
     assert "Self CPU time total" in out
+
+
+def test_benchmark_coco_eval_prints_the_ratio_and_equal_stats(capsys):
+    benchmark_coco_eval = load_tool("benchmarks/benchmark_coco_eval.py")
+
+    benchmark_coco_eval.main(["--images", "40", "--dets-per-image", "20", "--repeats", "1"])
+    out = capsys.readouterr().out
+    rows = {r[0]: r for r in table_rows(out, 7)}
+    assert {"official (pycocotools)", "faster-coco-eval"} <= set(rows)
+    assert float(rows["official (pycocotools)"][6]) == 1.0
+    match = re.search(r"official / faster = (\d+\.\d\d)x \(evaluate\+accumulate\+summarize\), "
+                      r"(\d+\.\d\d)x with loadRes", out)
+    assert match and float(match.group(1)) > 0 and float(match.group(2)) > 0
+    assert "stats equal: True" in out and "precision, recall, scores equal: True" in out
+    assert re.search(r"^40 images, \d+ ground truths \(\d+ crowd\), 800 detections, 80 classes",
+                     out, re.M)

@@ -6,16 +6,18 @@ from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.meta_arch import GeneralizedRCNN
-from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.proposal_generator import RPN, StandardRPNHead
 from detectron2.modeling.roi_heads import FastRCNNConvFCHead, FastRCNNOutputLayers, StandardROIHeads
+
+from hpf.modeling import ROIPooler
 
 from ..data.constants import constants
 
 # Faster R-CNN R-50-FPN as detectron2's model zoo builds it (common/models/mask_rcnn_fpn.py
 # without the mask branch): MSRA R-50, BGR input, RPN 256 anchors / image at 1:1, RoI heads
 # 512 proposals / image at 1:3. hpf.modeling's Sampling-Free RPN / RoI heads replace these
-# samplers (hpf.config.use_sampling_free_rpn / use_sampling_free_roi_heads).
+# samplers (hpf.config.use_sampling_free_rpn / use_sampling_free_roi_heads). hpf.modeling's
+# ROIPooler is detectron2's, with the RoI boxes kept in float32 under autocast.
 model = L(GeneralizedRCNN)(
     backbone=L(FPN)(
         bottom_up=L(ResNet)(

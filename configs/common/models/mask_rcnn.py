@@ -1,7 +1,8 @@
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
-from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.roi_heads import MaskRCNNConvUpsampleHead
+
+from hpf.modeling import ROIPooler
 
 from .faster_rcnn import model
 

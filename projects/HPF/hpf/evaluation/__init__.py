@@ -1,4 +1,5 @@
 from .build import build_evaluator
 from .coco import COCOEvaluator
+from .fast_eval import COCOevalFaster
 
-__all__ = ["COCOEvaluator", "build_evaluator"]
+__all__ = ["COCOEvaluator", "COCOevalFaster", "build_evaluator"]

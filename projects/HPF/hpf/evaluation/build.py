@@ -14,7 +14,7 @@ def build_evaluator(dataset_name, output_dir=None, **coco_kwargs):
     format (detectron2's builtin ``voc_*`` names, or any ``register_pascal_voc`` dataset); for
     a 2007 split it uses the VOC2007 11-point AP, and its ``bbox/AP50`` is the mAP the VOC
     papers report. Any other dataset gets :class:`hpf.evaluation.COCOEvaluator`, with
-    ``output_dir`` and ``coco_kwargs``.
+    ``output_dir`` and ``coco_kwargs`` (e.g. ``coco_eval_impl="official"``).
     """
     if not isinstance(dataset_name, str):
         names = list(dataset_name)

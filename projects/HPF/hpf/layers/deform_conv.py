@@ -99,6 +99,14 @@ class DeformConv(nn.Module):
 
     def _deform(self, x, offset, mask):
         self._check(offset, mask)
+        device_type = x.device.type
+        if torch.is_autocast_enabled(device_type):
+            # In float32 under autocast, as torchvision's CUDA autocast rule runs it: there is
+            # no CPU rule and no bfloat16 CPU kernel, and bfloat16 sampling positions would
+            # lose their fractional part on feature maps over 128 wide.
+            with torch.autocast(device_type, enabled=False):
+                return self._deform(x.float(), offset.float(),
+                                    None if mask is None else mask.float())
         out = deform_conv2d(  # handles an empty batch itself
             x,
             offset,

@@ -103,21 +103,30 @@ def _check_scalar_losses(cls_loss, reg_loss):
 
 
 def _guided_ratio(cls_loss, reg_loss):
-    """w = L_reg / L_cls (Eq. 8), detached; 0 when L_cls is 0 (the scaled loss is then 0)."""
+    """w = L_reg / L_cls (Eq. 8), detached, float32 whatever the losses' dtype; 0 when L_cls
+    is 0 (the scaled loss is then 0)."""
     with torch.no_grad():
         cls_value = cls_loss.float()
         safe = torch.where(cls_value != 0, cls_value, 1.0)
         return torch.where(cls_value != 0, reg_loss.float() / safe, 0.0)
 
 
+def _scaled(weight, loss):
+    """weight * loss in at least float32: in the dtype of a bfloat16 / float16 loss (autocast)
+    the ratio and the product would each be rounded to 8 / 11 significant bits."""
+    dtype = torch.promote_types(loss.dtype, torch.float32)
+    return weight.to(dtype) * loss.to(dtype)
+
+
 def guided_loss_scale(cls_loss, reg_loss, factor=1.0):
     """Guided loss scaling (Eq. 7-8): factor * (L_reg / L_cls).detach() * L_cls.
 
     The value equals factor * L_reg; the gradient is that of L_cls times the constant ratio.
-    factor=2 is the paper's rule for RoI heads of two-/multi-stage detectors.
+    factor=2 is the paper's rule for RoI heads of two-/multi-stage detectors. Computed in at
+    least float32 (see :func:`_scaled`).
     """
     _check_scalar_losses(cls_loss, reg_loss)
-    return factor * _guided_ratio(cls_loss, reg_loss).to(cls_loss.dtype) * cls_loss
+    return _scaled(factor * _guided_ratio(cls_loss, reg_loss), cls_loss)
 
 
 class GuidedLossScale(nn.Module):
@@ -242,7 +251,7 @@ class GuidedLossScale(nn.Module):
             raise ValueError(f"scale() serves modes 'plain' and 'constant', not {self.mode!r}; "
                              "call the module on the loss dict")
         self.update_ratio(cls_loss, guide_loss)
-        return self.cls_weight.to(cls_loss.dtype) * cls_loss
+        return _scaled(self.cls_weight, cls_loss)
 
     def forward(self, losses: Dict[str, torch.Tensor], cls_key: str,
                 box_key: str) -> Dict[str, torch.Tensor]:
@@ -263,11 +272,12 @@ class GuidedLossScale(nn.Module):
         if self.guide == "box":
             guide = losses[box_key]
         else:
-            others = [v for k, v in losses.items() if k != cls_key]
+            # Summed in float32: the ratio is float32 whatever the losses' dtype.
+            others = [v.float() for k, v in losses.items() if k != cls_key]
             guide = sum(others) / len(others)
         self.update_ratio(cls_loss, guide)
         out = dict(losses)
-        out[cls_key] = self.cls_weight.to(cls_loss.dtype) * cls_loss
+        out[cls_key] = _scaled(self.cls_weight, cls_loss)
         if self.mode == "learned_scale":
             delta_sq = self.delta ** 2
             out[cls_key] = delta_sq * out[cls_key]

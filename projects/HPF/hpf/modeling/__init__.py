@@ -6,6 +6,7 @@ from .fcos import FCOS
 from .fpn import LastLevelP6P7NoReLU
 from .ghm_fast_rcnn import GHMRFastRCNNOutputLayers
 from .matcher import ATSSMatcher
+from .poolers import Float32BoxesROIAlign, ROIPooler
 from .retinanet import RetinaNet
 from .roi_heads import SamplingFreeCascadeROIHeads, SamplingFreeROIHeads
 from .rpn import SamplingFreeRPN
@@ -17,9 +18,11 @@ __all__ = [
     "ATSSMatcher",
     "DenseDetectorWithTTA",
     "FCOS",
+    "Float32BoxesROIAlign",
     "GHMRFastRCNNOutputLayers",
     "LastLevelP6P7NoReLU",
     "PluggableLossMixin",
+    "ROIPooler",
     "RetinaNet",
     "SamplingFreeCascadeROIHeads",
     "SamplingFreeFastRCNNOutputLayers",

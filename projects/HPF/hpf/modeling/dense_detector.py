@@ -179,8 +179,10 @@ class PluggableLossMixin:
             quality: a function returning the ``[B, R]`` IoU targets of the positives, called
                 only when ``cls_loss.uses_quality_targets``.
         """
+        # float32 targets whatever the logits' dtype: IoU-quality targets rounded to the
+        # bfloat16 / float16 logits of a mixed-precision head would lose their low bits.
         targets = F.one_hot(gt_labels.clamp(min=0), self.num_classes + 1)[..., :-1]
-        targets = targets.to(pred_logits[0].dtype)
+        targets = targets.to(torch.promote_types(pred_logits[0].dtype, torch.float32))
         if self.cls_loss.uses_quality_targets:
             if quality is None:
                 raise ValueError(f"{type(self.cls_loss).__name__} needs IoU-quality targets, "
@@ -222,8 +224,10 @@ def iou_targets(pred_boxes, gt_boxes, pos_mask):
 
 def quality_targets(box2box_transform, anchors, pred_deltas, gt_boxes, pos_mask):
     """:func:`iou_targets` from per-level deltas and per-image matched boxes: the quality
-    target of QFL / VFL and their progressive forms."""
+    target of QFL / VFL and their progressive forms. Boxes are decoded in float32: under
+    autocast the deltas may be bfloat16 / float16, which ``Box2BoxTransformLinear`` keeps."""
     with torch.no_grad():
         anchors = Boxes.cat(anchors).tensor.expand(len(gt_boxes), -1, -1)[pos_mask]
-        pred = box2box_transform.apply_deltas(cat(pred_deltas, dim=1)[pos_mask], anchors)
+        deltas = cat(pred_deltas, dim=1)[pos_mask].float()
+        pred = box2box_transform.apply_deltas(deltas, anchors)
         return iou_targets(pred, torch.stack(gt_boxes)[pos_mask], pos_mask)

@@ -64,6 +64,10 @@ class FCOS(PluggableLossMixin, _D2FCOS):
 
     def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes, pred_ctr):
         check_finite_predictions(pred_anchor_deltas)
+        # Boxes are decoded and compared in float32: Box2BoxTransformLinear keeps the dtype of
+        # the deltas, bfloat16 / float16 under autocast, whose spacing is several pixels at
+        # COCO coordinates (and fvcore's GIoU fails on a bfloat16 / float32 mix).
+        pred_anchor_deltas = [d.float() for d in pred_anchor_deltas]
         labels = self._anchor_labels(gt_labels, ema_initial=300)  # FCOS ignores no anchor
         pos_mask, normalizer = labels.pos_mask, labels.normalizer
         loss_cls = self._classification_loss(
