@@ -264,12 +264,13 @@ def _gpu_check(args, datasets_root, tmp_path):
 
 
 def test_cpu_half_runs_and_parses_each_step(datasets_root, tmp_path):
-    proc, report = _gpu_check(["--steps", "demo,demo_amp,launch,bench_detectors"],
-                              datasets_root, tmp_path)
+    """The training steps end to end (CI runs every step: `make gpu-check` in .ci/run; the
+    benchmark steps' parsing is tested on captured output above)."""
+    proc, report = _gpu_check(["--steps", "demo,demo_amp,launch"], datasets_root, tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.strip().endswith("ran the CPU half only")
     assert report["cuda"] is False and report["ok"] is True
-    assert list(report["steps"]) == ["demo", "demo_amp", "launch", "bench_detectors"]
+    assert list(report["steps"]) == ["demo", "demo_amp", "launch"]
     steps = report["steps"]
     for name, entry in steps.items():
         assert set(entry) >= {"title", "status", "reason", "duration_s", "limit_s", "commands",
@@ -286,13 +287,8 @@ def test_cpu_half_runs_and_parses_each_step(datasets_root, tmp_path):
     assert launch["status"] == "passed", launch["reason"]
     assert launch["numbers"]["backend"] == "gloo" and launch["numbers"]["all_reduce"] == 1.0
     assert launch["numbers"]["iterations"] == 2 and launch["numbers"]["world_size"] == 1
-    bench = steps["bench_detectors"]
-    assert bench["status"] == "passed", bench["reason"]
-    assert "| classification loss |" in bench["markdown"] and "Warning" not in bench["markdown"]
-    assert set(bench["numbers"]["x_focal"]) >= {"focal", "HPF (level)", "Sampling-Free"}
-    assert bench["numbers"]["atss_over_fcos"] > 0
     md = (tmp_path / "report" / "report.md").read_text()
-    assert "| demo | passed |" in md and "## bench_detectors:" in md
+    assert "| demo | passed |" in md and "| launch | passed |" in md
 
 
 def test_a_step_past_its_limit_is_a_timeout(datasets_root, tmp_path):
