@@ -259,7 +259,7 @@ def test_first_true_positive_precision_is_official(num_gt, second_is_tp):
     assert (precision[COCOeval][:, :, 1] == -1).all()  # no ground truth: -1 (AP nan)
 
 
-def test_trained_shapes_detector_matches_official(datasets_root, one_thread, capsys):
+def test_trained_shapes_detector_matches_official(datasets_root, capsys):
     """The demo detector trained for 40 iterations on 16 shapes_train images, evaluated on the
     200 images of shapes_val (the same generator seed and spec, so the same images) with every
     detection (score threshold 0)."""
