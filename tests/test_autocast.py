@@ -315,6 +315,35 @@ def test_loss_under_autocast(name, device, dtype):
             torch.testing.assert_close(value, stats(same_module)[key], rtol=SAME_RTOL, atol=0.0)
 
 
+def _float32_loss_on(device, name):
+    """(loss, the logits' gradients, statistics) of one loss in float32 on ``device``, from
+    values made on the CPU."""
+    make, wrap, _, stats = LOSSES[name]
+    head, targets, masks = _loss_inputs(name, "cpu")
+    module = make().to(device) if make else None
+    xs = [x.detach().to(device).requires_grad_() for x in head.outputs("cpu")]
+    loss = wrap(module)(xs, [t.to(device) for t in targets], [m.to(device) for m in masks])
+    loss.backward()
+    statistics = {k: v.cpu() for k, v in stats(module).items()} if stats else {}
+    return loss.detach().cpu(), [x.grad.cpu() for x in xs], statistics
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_loss_on_cuda_equals_cpu(name):
+    """Each loss in float32 on CUDA and on the CPU, on the same values: the same loss,
+    gradients and statistics up to float32 summation order."""
+    (cpu_loss, cpu_grads, cpu_stats), (cuda_loss, cuda_grads, cuda_stats) = (
+        _float32_loss_on(device, name) for device in ("cpu", "cuda"))
+    torch.testing.assert_close(cuda_loss, cpu_loss, rtol=1e-5, atol=0.0)
+    for cuda_grad, cpu_grad in zip(cuda_grads, cpu_grads):
+        torch.testing.assert_close(cuda_grad, cpu_grad, rtol=1e-5, atol=1e-8)
+    assert cuda_stats.keys() == cpu_stats.keys()
+    for key in cpu_stats:
+        torch.testing.assert_close(cuda_stats[key], cpu_stats[key], rtol=1e-5, atol=0.0)
+
+
 @pytest.mark.parametrize("device,dtype", DEVICES)
 def test_progressive_focus_params_are_float32(device, dtype):
     head, targets, _ = _loss_inputs("hpf_level", device)
