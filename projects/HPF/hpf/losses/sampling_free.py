@@ -245,13 +245,18 @@ class GuidedLossScale(nn.Module):
             self.num_calls.fill_(calls)
             self._num_calls_cache = calls
 
+    def weighted(self, cls_loss: torch.Tensor) -> torch.Tensor:
+        """The current classification weight times ``cls_loss`` (no ratio update), in at least
+        float32 (see :func:`_scaled`)."""
+        return _scaled(self.cls_weight, cls_loss)
+
     def scale(self, cls_loss: torch.Tensor, guide_loss: torch.Tensor) -> torch.Tensor:
         """``"plain"`` / ``"constant"`` on one pair of losses: factor * r * L_cls (or w L_cls)."""
         if self.mode not in ("plain", "constant"):
             raise ValueError(f"scale() serves modes 'plain' and 'constant', not {self.mode!r}; "
                              "call the module on the loss dict")
         self.update_ratio(cls_loss, guide_loss)
-        return _scaled(self.cls_weight, cls_loss)
+        return self.weighted(cls_loss)
 
     def forward(self, losses: Dict[str, torch.Tensor], cls_key: str,
                 box_key: str) -> Dict[str, torch.Tensor]:
@@ -277,7 +282,7 @@ class GuidedLossScale(nn.Module):
             guide = sum(others) / len(others)
         self.update_ratio(cls_loss, guide)
         out = dict(losses)
-        out[cls_key] = _scaled(self.cls_weight, cls_loss)
+        out[cls_key] = self.weighted(cls_loss)
         if self.mode == "learned_scale":
             delta_sq = self.delta ** 2
             out[cls_key] = delta_sq * out[cls_key]

@@ -75,11 +75,8 @@ class SamplingFreeCascadeROIHeads(SamplingFreeROIHeadsMixin, CascadeROIHeads):
         cls = [outputs[f"loss_cls_stage{k}"] for k in stages]
         box = [outputs[f"loss_box_reg_stage{k}"] for k in stages]
         self.joint_loss_balance.update_ratio(sum(cls), sum(box))
-        weight = self.joint_loss_balance.cls_weight  # float32
         for k in stages:
-            # In at least float32: a bfloat16 / float16 loss would round the weight.
-            dtype = torch.promote_types(cls[k].dtype, torch.float32)
-            outputs[f"loss_cls_stage{k}"] = weight.to(dtype) * cls[k].to(dtype)
+            outputs[f"loss_cls_stage{k}"] = self.joint_loss_balance.weighted(cls[k])
         get_event_storage().put_scalar(
             "roi_head/guided_ratio", float(self.joint_loss_balance.ratio)
         )
