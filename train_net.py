@@ -28,7 +28,7 @@ import hpf.data  # noqa: F401  registers the project's datasets
 from hpf.collect_env import collect_env_info_hpf
 from hpf.config import apply_overrides
 from hpf.engine.checkpoint import AtomicCheckpointer, resume_or_load
-from hpf.engine.hooks import CheckpointOnSignal
+from hpf.engine.hooks import CheckpointOnSignal, RecordLevelStatistics
 from hpf.engine.trainers import FiniteLossAMPTrainer, FiniteLossTrainer, GradientClipHook
 from hpf.modeling.priors import initialize_auto_priors
 
@@ -74,6 +74,14 @@ def wrap_ddp(cfg, model):
     return create_ddp_model(model, **kwargs)
 
 
+def level_statistics_hook(cfg, model):
+    """``RecordLevelStatistics`` when ``train.level_statistics.enabled``, else None."""
+    options = dict(cfg.train.get("level_statistics") or {})
+    if not options.pop("enabled", False):
+        return None
+    return RecordLevelStatistics(model, cfg.train.output_dir, **options)
+
+
 def do_train(args, cfg):
     model = build_model(cfg)
     logger.info("Model:\n{}".format(model))
@@ -98,6 +106,7 @@ def do_train(args, cfg):
             hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
             if comm.is_main_process()
             else None,
+            level_statistics_hook(cfg, model),
             hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
             hooks.PeriodicWriter(
                 default_writers(cfg.train.output_dir, cfg.train.max_iter),

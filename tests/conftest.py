@@ -145,3 +145,21 @@ def neon_trees_wheel(tmp_path_factory):
     pytest.fail(f"The NEON tree tests need {nt.WHEEL_REQUIREMENT} (network, or a copy in "
                 f"datasets/neon_trees/download/, e.g. from `make neon-trees`): {problem}",
                 pytrace=False)
+
+
+ANALYSIS_CONFIG = os.path.join(REPO, "configs", "Shapes", "atss_R18h_FPN_hpf_demo.py")
+
+
+@pytest.fixture(scope="session")
+def analysis_run(datasets_root, tmp_path_factory):
+    """The output directory of a tiny ATSS + HPF run on the tiny shapes variant (8 iterations,
+    evaluated at the end, level statistics recorded every iteration): what the analysis tools
+    read (config.yaml, model_final.pth, metrics.json, level_statistics.json)."""
+    out = tmp_path_factory.mktemp("analysis_run")
+    run_train_net(
+        ["--config-file", ANALYSIS_CONFIG, *TINY_TRAIN, f"train.output_dir={out}",
+         "train.max_iter=8", "train.checkpointer.period=1000", "train.seed=0",
+         "train.level_statistics.enabled=True"],
+        datasets_root,
+    )
+    return out

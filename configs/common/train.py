@@ -17,4 +17,9 @@ train = dict(
     seed=-1,
     # images per process read before training for Sampling-Free's "auto" prior / threshold
     foreground_stats_images=1000,  # < 0: a random seed (logged); >= 0: seed + rank on each process
+    # Per-level positives and hard / easy loss and gradient of the classification entries,
+    # written to level_statistics.json (hpf.engine.hooks.RecordLevelStatistics; dense
+    # detectors). threshold: the loss above which an entry is hard (ln 2: p on the wrong side
+    # of 0.5).
+    level_statistics=dict(enabled=False, period=1, threshold=0.6931471805599453),
 )

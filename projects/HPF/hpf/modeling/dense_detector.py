@@ -70,7 +70,13 @@ class PluggableLossMixin:
     ``loss_normalizer``: ``"ema"`` keeps detectron2's running average of the positives per
     process; ``"mean"`` divides by the positives of the batch averaged over processes (the
     mmdetection / paper convention, ``reduce_mean``).
+
+    ``level_statistics``: None, or a ``hpf.analysis.LevelStatisticsRecorder`` that the
+    classification loss shows its per-level logits, targets and positives (set by the
+    ``RecordLevelStatistics`` training hook).
     """
+
+    level_statistics = None
 
     def _init_pluggable(self, cls_loss, loss_balance, prior_prob, test_score_thresh,
                         loss_normalizer):
@@ -192,6 +198,9 @@ class PluggableLossMixin:
         targets = list(targets.split(sizes, dim=1))
         valid = None if valid_mask is None else list(valid_mask.split(sizes, dim=1))
         loss = self.cls_loss(pred_logits, targets, normalizer, valid)
+        if self.level_statistics is not None:
+            positive = ((gt_labels >= 0) & (gt_labels != self.num_classes)).split(sizes, dim=1)
+            self.level_statistics.observe(pred_logits, targets, positive, valid)
         self._log_level_stats(gt_labels, sizes)
         return loss
 

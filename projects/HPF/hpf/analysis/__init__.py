@@ -1,0 +1,1 @@
+"""Measurements behind the papers' analyses (level statistics, level-wise AP, gradient density)."""
