@@ -6,8 +6,8 @@ DEMO_CONFIG ?= configs/Shapes/atss_R18h_FPN_hpf_demo.py
 DEMO_OUT    ?= output/demo
 DEMO_OPTS   ?=
 
-.PHONY: setup test demo compare compare-summary compare-rcnn env clean-demo neon-trees \
-  compare-trees compare-trees-summary gpu-check
+.PHONY: setup test demo compare compare-analyses compare-summary compare-rcnn env clean-demo \
+  neon-trees compare-trees compare-trees-summary gpu-check
 
 setup: $(STAMP)
 
@@ -25,13 +25,16 @@ test: $(STAMP) test-data
 	$(PYTHON) -m pytest tests -q -ra --durations=15
 
 # Generates the shapes dataset if missing, trains ATSS with HPF (half-width ResNet-18 FPN) on CPU, evaluates on shapes_val
-# (--resume: a finished run is only re-evaluated, a killed one continues) and draws predictions on a few validation images into $(DEMO_OUT)/predictions.png.
+# (--resume: a finished run is only re-evaluated, a killed one continues), draws predictions on a few validation images into
+# $(DEMO_OUT)/predictions.png and the training curves (losses, gamma_ad / alpha_ad and positives per level, learning
+# rate, AP) into $(DEMO_OUT)/training_curves.png.
 demo: $(STAMP)
 	$(PYTHON) -m hpf.data.shapes
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(nproc)} $(PYTHON) train_net.py \
 	  --config-file $(DEMO_CONFIG) --resume train.output_dir=$(DEMO_OUT) $(DEMO_OPTS)
 	$(PYTHON) tools/visualize_predictions.py --config-file $(DEMO_CONFIG) \
 	  --checkpoint $(DEMO_OUT)/model_final.pth --output $(DEMO_OUT)/predictions.png $(DEMO_OPTS)
+	$(PYTHON) tools/analysis/training_curves.py $(DEMO_OUT) --output $(DEMO_OUT)/training_curves.png
 
 clean-demo:
 	rm -rf $(DEMO_OUT)
@@ -54,10 +57,25 @@ seeded_run = OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(nproc)} $(PYTHON) train_net.
 compare: $(STAMP)
 	$(PYTHON) -m hpf.data.shapes
 	for loss in focal hpf sampling_free; do \
-	  $(call seeded_run,configs/Shapes/atss_R18h_FPN_$$loss.py,$(COMPARE_OUT)/seed$(COMPARE_SEED)/$$loss) || exit 1; \
+	  $(call seeded_run,configs/Shapes/atss_R18h_FPN_$$loss.py,$(COMPARE_OUT)/seed$(COMPARE_SEED)/$$loss) \
+	    train.level_statistics.enabled=True || exit 1; \
 	done
 	$(PYTHON) tools/compare_runs.py $(COMPARE_OUT)/seed$(COMPARE_SEED)/focal \
 	  $(COMPARE_OUT)/seed$(COMPARE_SEED)/hpf $(COMPARE_OUT)/seed$(COMPARE_SEED)/sampling_free
+	$(MAKE) --no-print-directory compare-analyses
+
+# The HPF paper's analyses of a `make compare` seed's focal and HPF runs, into its folder:
+# level-wise AP (Table 3, AP-IoU curves), the positives' proportion per level (Fig. 3 box plots,
+# D_was from the best level by that AP) and the hard / easy gradient shares (Fig. 2).
+COMPARE_DIR = $(COMPARE_OUT)/seed$(COMPARE_SEED)
+compare-analyses: $(STAMP)
+	$(PYTHON) tools/analysis/level_ap.py $(COMPARE_DIR)/focal $(COMPARE_DIR)/hpf \
+	  --labels focal HPF --output $(COMPARE_DIR)
+	$(PYTHON) tools/analysis/level_discrepancy.py $(COMPARE_DIR)/focal $(COMPARE_DIR)/hpf \
+	  --labels focal HPF --level-ap $(COMPARE_DIR)/level_ap.json \
+	  --output $(COMPARE_DIR)/level_discrepancy.png
+	$(PYTHON) tools/analysis/gradient_drift.py $(COMPARE_DIR)/focal $(COMPARE_DIR)/hpf \
+	  --labels focal HPF --output $(COMPARE_DIR)/gradient_drift.png
 
 # Every finished seed of `make compare` (COMPARE_SEED=0, 1, ...): rows, then mean and range.
 compare-summary: $(STAMP)

@@ -141,3 +141,14 @@ def test_benchmark_coco_eval_prints_the_ratio_and_equal_stats(capsys):
     assert "stats equal: True" in out and "precision, recall, scores equal: True" in out
     assert re.search(r"^40 images, \d+ ground truths \(\d+ crowd\), 800 detections, 80 classes",
                      out, re.M)
+
+
+def test_benchmark_level_statistics_prints_paired_ratios(capsys):
+    benchmark = load_tool("benchmarks/benchmark_level_statistics.py")
+    benchmark.main(["--pairs", "2", "--threads", "1", "--models", "ATSS shapes"])
+    out = capsys.readouterr().out
+    row = [line for line in out.splitlines() if line.startswith("| ATSS shapes |")]
+    assert len(row) == 1
+    median, iqr, span = row[0].split("|")[3:6]
+    lo, hi = map(float, span.split("-"))
+    assert lo <= float(median) <= hi and lo > 0

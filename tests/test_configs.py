@@ -45,12 +45,26 @@ def test_configs_are_found():
     assert len(CONFIGS) >= 3
 
 
+# The last model built, by its config: leaf configs that change only the schedule or the data
+# (1x / 1.5x / 2x, multi-scale) share it instead of building the same network again; one
+# entry, so that at most one large backbone stays in memory.
+_last_model = {}
+
+
+def _instantiate_model(model_cfg):
+    key = str(model_cfg)
+    if key not in _last_model:
+        _last_model.clear()
+        _last_model[key] = instantiate(model_cfg)
+    return _last_model[key]
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=_ids)
 def test_config_loads_and_model_instantiates(path):
     cfg = LazyConfig.load(path)
     for key in ("model", "dataloader", "optimizer", "lr_multiplier", "train"):
         assert key in cfg, f"{path} lacks '{key}'"
-    model = instantiate(cfg.model)
+    model = _instantiate_model(cfg.model)
     assert isinstance(model, torch.nn.Module)
     assert sum(p.numel() for p in model.parameters()) > 0
     # The optimizer and schedule instantiate against the model too.

@@ -13,6 +13,7 @@ from hpf.analysis.level_statistics import (
     entry_categories,
     sums_to_record,
 )
+from hpf.analysis.level_summaries import gradient_shares
 
 LN2 = math.log(2.0)
 
@@ -74,12 +75,12 @@ def test_six_entries_sums_and_gradient_shares_by_hand():
     grad = {c: v[0] for c, v in record["grad"].items()}
     assert grad == pytest.approx({"pos_hard": 0.6, "pos_easy": 0.1, "neg_hard": 0.6,
                                   "neg_easy": 0.2 + 0.1 + 0.3})
-    # Shares of the gradient: 0.6 / 1.9 each for the hard positives, the hard negatives and the
-    # easy negatives, 0.1 / 1.9 for the easy positive.
-    total = sum(grad.values())
-    shares = {c: g / total for c, g in grad.items()}
-    assert sum(shares.values()) == pytest.approx(1.0)
-    assert shares["pos_hard"] + shares["neg_hard"] == pytest.approx(1.2 / 1.9)
+    # Shares of the gradient (the reader's, as the drift plots use them): hard = (0.6 + 0.6) /
+    # 1.9 of all; among the positives 0.6 / 0.7; among the negatives 0.6 / 1.2.
+    for samples, hard_share in (("all", 1.2 / 1.9), ("positive", 0.6 / 0.7),
+                                ("negative", 0.6 / 1.2)):
+        hard, easy = gradient_shares(record, samples=samples)
+        assert hard == pytest.approx(hard_share) and hard + easy == pytest.approx(1.0)
 
 
 def test_ignored_anchors_are_left_out():
