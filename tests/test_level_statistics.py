@@ -1,5 +1,6 @@
 """hpf.analysis.level_statistics and the RecordLevelStatistics hook: per-level positives and the
 loss / gradient of hard and easy classification entries, by hand and on a training run."""
+import copy
 import json
 import math
 import os
@@ -139,3 +140,42 @@ def test_training_run_records_every_iteration(analysis_run):
         assert 1.5 <= first[f"gamma_ad/level{level}"] <= 2.5
         assert first[f"alpha_ad/level{level}"] == pytest.approx(
             0.5 / first[f"gamma_ad/level{level}"])
+
+
+@pytest.mark.parametrize("arch", ["retinanet", "atss"])
+def test_recording_leaves_losses_and_gradients_unchanged(arch, one_thread):
+    """The recorder only reads: a training step with it gives the same losses and parameter
+    gradients, bit for bit, as without it; RetinaNet's ignored anchors are left out of the
+    anchor count."""
+    from detectron2.config import instantiate
+    from detectron2.utils.events import EventStorage
+
+    from test_dense_detectors import batch, tiny_model_cfg
+
+    torch.manual_seed(0)
+    initial = instantiate(tiny_model_cfg(arch)).train()
+    data = batch((3, 1))
+    steps = []
+    for recorder in (None, LevelStatisticsRecorder(initial.head_in_features)):
+        # A copy each: detectron2's RetinaNet updates a running loss normaliser every step.
+        model = copy.deepcopy(initial)
+        model.level_statistics = recorder
+        model.zero_grad()
+        with EventStorage():
+            losses = model(data)
+        sum(losses.values()).backward()
+        steps.append(({k: v.detach() for k, v in losses.items()},
+                      {n: p.grad.clone() for n, p in model.named_parameters()
+                       if p.grad is not None}))
+    (losses_off, grads_off), (losses_on, grads_on) = steps
+    assert losses_off.keys() == losses_on.keys() and grads_off.keys() == grads_on.keys()
+    for k in losses_off:
+        assert torch.equal(losses_off[k], losses_on[k]), k
+    for n in grads_off:
+        assert torch.equal(grads_off[n], grads_on[n]), n
+    record = sums_to_record(recorder.collect(), 0, recorder.levels, recorder.threshold)
+    assert sum(record["positives"]) > 0 and sum(sum(v) for v in record["grad"].values()) > 0
+    if arch == "retinanet":  # anchors with IoU in [0.4, 0.5) are ignored
+        num_anchors = sum(len(a) for a in model.anchor_generator(
+            model.backbone(model.preprocess_image(data).tensor)[f] for f in model.head_in_features))
+        assert sum(record["anchors"]) < len(data) * num_anchors
