@@ -24,32 +24,13 @@ prints a table per bin and a summary.
 """
 import argparse
 import copy
-import importlib
 import json
 import os
 import sys
 
 import torch
 
-
-def load_dense_run(run_dir, checkpoint="model_final.pth", device="cpu"):
-    """(config, model in eval mode with the checkpoint loaded) of a dense-detector run."""
-    from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.config import LazyConfig, instantiate
-    from detectron2.modeling.meta_arch.dense_detector import DenseDetector
-
-    importlib.import_module("hpf.data")  # registers the datasets the config names
-
-    for name in ("config.yaml", checkpoint):
-        if not os.path.isfile(os.path.join(run_dir, name)):
-            raise FileNotFoundError(f"No {os.path.join(run_dir, name)}: has the run finished?")
-    cfg = LazyConfig.load(os.path.join(run_dir, "config.yaml"))
-    model = instantiate(cfg.model)
-    if not isinstance(model, DenseDetector):
-        raise ValueError(f"{run_dir}: the model is a {type(model).__name__}, not a dense detector "
-                         f"(detectron2's DenseDetector: RetinaNet, FCOS, ATSS)")
-    DetectionCheckpointer(model).load(os.path.join(run_dir, checkpoint))
-    return cfg, model.to(device).eval()
+from hpf.analysis.runs import load_dense_run
 
 
 def annotated_images(cfg, split="train", num_images=50):

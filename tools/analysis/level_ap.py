@@ -18,7 +18,6 @@ IoU threshold, a line per run) to ``--output`` (default: the first RUN_DIR), and
 table in markdown. AP in %; a level without ground truth has no AP (null, "-").
 """
 import argparse
-import importlib
 import json
 import math
 import os
@@ -26,27 +25,9 @@ import sys
 
 import torch
 
+from hpf.analysis.runs import load_dense_run
+
 METRICS = ("AP", "AP50", "AP75")
-
-
-def load_dense_run(run_dir, checkpoint="model_final.pth"):
-    """(config, model in eval mode on CPU with the checkpoint loaded) of a dense-detector run."""
-    from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.config import LazyConfig, instantiate
-    from detectron2.modeling.meta_arch.dense_detector import DenseDetector
-
-    importlib.import_module("hpf.data")  # registers the datasets the config names
-
-    for name in ("config.yaml", checkpoint):
-        if not os.path.isfile(os.path.join(run_dir, name)):
-            raise FileNotFoundError(f"No {os.path.join(run_dir, name)}: has the run finished?")
-    cfg = LazyConfig.load(os.path.join(run_dir, "config.yaml"))
-    model = instantiate(cfg.model)
-    if not isinstance(model, DenseDetector):
-        raise ValueError(f"{run_dir}: the model is a {type(model).__name__}, not a dense detector "
-                         f"(detectron2's DenseDetector: RetinaNet, FCOS, ATSS)")
-    DetectionCheckpointer(model).load(os.path.join(run_dir, checkpoint))
-    return cfg, model.to("cpu").eval()
 
 
 def measure_run(run_dir, checkpoint="model_final.pth", max_images=None):
