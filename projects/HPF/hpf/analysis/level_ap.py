@@ -189,9 +189,9 @@ def level_detections(model, images, features, predictions) -> List[List[Instance
     out = []
     for level in range(len(features)):
         # Fresh copies: detectron2's inference applies sigmoid_ in place to views of them.
-        masked = [[x.clone() for x in kind] for kind in predictions]
-        masked[0] = [x.clone() if i == level else torch.full_like(x, -math.inf)
-                     for i, x in enumerate(logits)]
+        masked = [[x.clone() if i == level else torch.full_like(x, -math.inf)
+                   for i, x in enumerate(logits)]]
+        masked += [[x.clone() for x in kind] for kind in predictions[1:]]
         out.append(model.forward_inference(images, features, masked))
     return out
 

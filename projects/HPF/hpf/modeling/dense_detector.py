@@ -198,10 +198,11 @@ class PluggableLossMixin:
         targets = list(targets.split(sizes, dim=1))
         valid = None if valid_mask is None else list(valid_mask.split(sizes, dim=1))
         loss = self.cls_loss(pred_logits, targets, normalizer, valid)
+        positive = (gt_labels >= 0) & (gt_labels != self.num_classes)
         if self.level_statistics is not None:
-            positive = ((gt_labels >= 0) & (gt_labels != self.num_classes)).split(sizes, dim=1)
-            self.level_statistics.observe(pred_logits, targets, positive, valid)
-        self._log_level_stats(gt_labels, sizes)
+            self.level_statistics.observe(pred_logits, targets, positive.split(sizes, dim=1),
+                                          valid)
+        self._log_level_stats(positive, sizes)
         return loss
 
     def _balance(self, losses, cls_key, box_key):
@@ -213,12 +214,14 @@ class PluggableLossMixin:
         log_metrics(self.loss_balance)
         return losses
 
-    def _log_level_stats(self, gt_labels, sizes):
+    def _log_level_stats(self, positive, sizes):
+        """Logs the positives per image of each level (``positive``: ``[B, R]`` bool) and the
+        loss's metrics."""
         storage = get_event_storage()
-        pos = ((gt_labels >= 0) & (gt_labels != self.num_classes)).sum(0)
+        pos = positive.sum(0)
         per_level = torch.stack([n.sum() for n in pos.split(sizes)]).tolist()  # one sync
         for level, n in enumerate(per_level):
-            storage.put_scalar(f"num_pos/level{level}", n / len(gt_labels))
+            storage.put_scalar(f"num_pos/level{level}", n / len(positive))
         log_metrics(self.cls_loss)
 
 
