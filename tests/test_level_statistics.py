@@ -113,6 +113,8 @@ def test_hook_refuses_a_model_without_level_statistics(tmp_path):
 
     with pytest.raises(ValueError, match="Linear records no level statistics"):
         RecordLevelStatistics(torch.nn.Linear(2, 2), str(tmp_path))
+    with pytest.raises(ValueError, match="period must be >= 1, got 0"):
+        RecordLevelStatistics(torch.nn.Linear(2, 2), str(tmp_path), period=0)
 
 
 def _lines(path):
