@@ -47,40 +47,55 @@ clean-demo:
 neon-trees: $(STAMP)
 	$(PYTHON) -m hpf.data.neon_trees
 
-# ATSS with focal loss, HPF and Sampling-Free on the shapes dataset, same budget and seed each
-# (about 10 minutes each on 2 CPU cores); prints their AP side by side.
+# A detector with its baseline loss and with HPF (ATSS: also Sampling-Free) on the shapes
+# dataset, same budget and seed each (ATSS: about 10 minutes a run on 2 CPU cores); prints
+# their AP side by side, then the HPF analyses of the baseline and HPF runs.
+# DETECTOR=atss (focal / HPF / Sampling-Free), gfl (QFL / PF-QFL), vfnet (VFL / PF-VFL) or
+# tood (QFL / PF-QFL): configs/Shapes/$(DETECTOR)_R18h_FPN_<run>.py for each run below.
 COMPARE_OUT  ?= output/compare
 COMPARE_SEED ?= 0
+DETECTOR     ?= atss
+COMPARE_RUNS_atss  := focal hpf sampling_free
+COMPARE_RUNS_gfl   := qfl hpf
+COMPARE_RUNS_vfnet := vfl hpf
+COMPARE_RUNS_tood  := qfl hpf
+COMPARE_RUNS = $(or $(COMPARE_RUNS_$(DETECTOR)),$(error DETECTOR=$(DETECTOR) is none of: \
+  atss gfl vfnet tood))
+# ATSS runs keep their historical folders (seedN/focal, ...), the others are seedN/<detector>_<run>.
+RUN_PREFIX = $(if $(filter atss,$(DETECTOR)),,$(DETECTOR)_)
+COMPARE_DIR = $(COMPARE_OUT)/seed$(COMPARE_SEED)
+BASELINE_RUN = $(firstword $(COMPARE_RUNS))
 # One seeded, resumable training run of a comparison: $(call seeded_run,CONFIG,OUTPUT_DIR).
 seeded_run = OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(nproc)} $(PYTHON) train_net.py \
   --config-file $(1) --resume train.seed=$(COMPARE_SEED) train.output_dir=$(2)
 compare: $(STAMP)
 	$(PYTHON) -m hpf.data.shapes
-	for loss in focal hpf sampling_free; do \
-	  $(call seeded_run,configs/Shapes/atss_R18h_FPN_$$loss.py,$(COMPARE_OUT)/seed$(COMPARE_SEED)/$$loss) \
+	for run in $(COMPARE_RUNS); do \
+	  $(call seeded_run,configs/Shapes/$(DETECTOR)_R18h_FPN_$$run.py,$(COMPARE_DIR)/$(RUN_PREFIX)$$run) \
 	    train.level_statistics.enabled=True || exit 1; \
 	done
-	$(PYTHON) tools/compare_runs.py $(COMPARE_OUT)/seed$(COMPARE_SEED)/focal \
-	  $(COMPARE_OUT)/seed$(COMPARE_SEED)/hpf $(COMPARE_OUT)/seed$(COMPARE_SEED)/sampling_free
+	$(PYTHON) tools/compare_runs.py $(addprefix $(COMPARE_DIR)/$(RUN_PREFIX),$(COMPARE_RUNS))
 	$(MAKE) --no-print-directory compare-analyses
 
-# The HPF paper's analyses of a `make compare` seed's focal and HPF runs, into its folder:
+# The HPF paper's analyses of a `make compare` seed's baseline and HPF runs, into its folder:
 # level-wise AP (Table 3, AP-IoU curves), the positives' proportion per level (Fig. 3 box plots,
 # D_was from the best level by that AP) and the hard / easy gradient shares (Fig. 2).
-COMPARE_DIR = $(COMPARE_OUT)/seed$(COMPARE_SEED)
+ANALYSIS_RUNS = $(COMPARE_DIR)/$(RUN_PREFIX)$(BASELINE_RUN) $(COMPARE_DIR)/$(RUN_PREFIX)hpf
+ANALYSIS_LABELS = --labels $(BASELINE_RUN) HPF
+ANALYSIS_OUT = $(COMPARE_DIR)$(if $(RUN_PREFIX),/$(DETECTOR)_analyses)
 compare-analyses: $(STAMP)
-	$(PYTHON) tools/analysis/level_ap.py $(COMPARE_DIR)/focal $(COMPARE_DIR)/hpf \
-	  --labels focal HPF --output $(COMPARE_DIR)
-	$(PYTHON) tools/analysis/level_discrepancy.py $(COMPARE_DIR)/focal $(COMPARE_DIR)/hpf \
-	  --labels focal HPF --level-ap $(COMPARE_DIR)/level_ap.json \
-	  --output $(COMPARE_DIR)/level_discrepancy.png
-	$(PYTHON) tools/analysis/gradient_drift.py $(COMPARE_DIR)/focal $(COMPARE_DIR)/hpf \
-	  --labels focal HPF --output $(COMPARE_DIR)/gradient_drift.png
+	$(PYTHON) tools/analysis/level_ap.py $(ANALYSIS_RUNS) $(ANALYSIS_LABELS) \
+	  --output $(ANALYSIS_OUT)
+	$(PYTHON) tools/analysis/level_discrepancy.py $(ANALYSIS_RUNS) $(ANALYSIS_LABELS) \
+	  --level-ap $(ANALYSIS_OUT)/level_ap.json \
+	  --output $(ANALYSIS_OUT)/level_discrepancy.png
+	$(PYTHON) tools/analysis/gradient_drift.py $(ANALYSIS_RUNS) $(ANALYSIS_LABELS) \
+	  --output $(ANALYSIS_OUT)/gradient_drift.png
 
-# Every finished seed of `make compare` (COMPARE_SEED=0, 1, ...): rows, then mean and range.
+# Every finished seed of `make compare` (COMPARE_SEED=0, 1, ...) of DETECTOR: rows, then mean
+# and range.
 compare-summary: $(STAMP)
-	$(PYTHON) tools/compare_runs.py $(COMPARE_OUT)/seed*/focal $(COMPARE_OUT)/seed*/hpf \
-	  $(COMPARE_OUT)/seed*/sampling_free
+	$(PYTHON) tools/compare_runs.py $(foreach run,$(COMPARE_RUNS),$(COMPARE_OUT)/seed*/$(RUN_PREFIX)$(run))
 
 # RetinaNet and ATSS R-50 with focal loss, HPF and Sampling-Free on the NEON tree crowns, from
 # the converted ImageNet R-50 (`make weights`), plus RetinaNet from scratch at the same number of

@@ -152,3 +152,17 @@ def test_benchmark_level_statistics_prints_paired_ratios(capsys):
     median, iqr, span = row[0].split("|")[3:6]
     lo, hi = map(float, span.split("-"))
     assert lo <= float(median) <= hi and lo > 0
+
+
+def test_benchmark_one_stage_detectors_prints_paired_ratios_to_atss(capsys):
+    benchmark = load_tool("benchmarks/benchmark_one_stage_detectors.py")
+    benchmark.main(["--size", "64", "--pairs", "2", "--threads", "1", "--device", "cpu",
+                    "--detectors", "tood"])
+    rows = [r for r in table_rows(capsys.readouterr().out, 9) if r[0] not in ("detector", "---")]
+    assert [r[0] for r in rows] == ["tood"]
+    cells = rows[0]
+    for step_ms, ratio, iqr, extremes in (cells[1:5], cells[5:9]):
+        low, high = (float(x) for x in extremes.split("-"))
+        q1, q3 = (float(x) for x in iqr.split("-"))
+        assert float(step_ms) > 0
+        assert 0 < low <= q1 <= float(ratio) <= q3 <= high

@@ -130,24 +130,40 @@ def test_input_format_matches_pixel_stats(path):
     assert math.isclose(first, 123.675) == (fmt == "RGB"), (fmt, list(cfg.model.pixel_mean))
 
 
-@pytest.mark.parametrize("name", _coco("atss_*.py"))
-def test_atss_coco_configs_are_rgb_with_weights(name):
-    # torchvision / open-mmlab / Swin weights: RGB input, as the mmdetection ATSS of HPF.
+@pytest.mark.parametrize("name", _coco("atss_*.py") + _coco("gfl_*.py") + _coco("vfnet_*.py")
+                         + _coco("tood_*.py"))
+def test_mmdetection_coco_configs_are_rgb_with_weights(name):
+    # torchvision / open-mmlab / Swin weights: RGB input, as the mmdetection detectors of HPF.
     cfg = _load(name)
     assert cfg.dataloader.train.mapper.image_format == "RGB"
     assert cfg.model.input_format == "RGB"
-    assert cfg.model.loss_normalizer == "mean"
+    # TOOD has its own normalisers (the sum of its alignment targets), no such argument.
+    assert cfg.model.get("loss_normalizer", "mean") == "mean"
     assert cfg.train.init_checkpoint
 
 
+# The progressive form of each detector's own classification loss and its w: focal loss ->
+# HPF, QFL -> PF-QFL (HPF Eq. 6), VFL -> PF-VFL (Eq. 7, w = alpha * gamma of VFL).
+PROGRESSIVE_FORM = {
+    "gfl": (ProgressiveQualityFocalLoss, 0.5),
+    "tood": (ProgressiveQualityFocalLoss, 0.5),
+    "vfnet": (ProgressiveVarifocalLoss, 1.5),
+}
+
+
 @pytest.mark.parametrize("name", _coco("*hpf*.py"))
-def test_hpf_configs_use_progressive_focal_loss(name):
+def test_hpf_configs_use_the_progressive_form_of_their_loss(name):
     cfg = _load(name)
     loss = cfg.model.cls_loss
-    assert loss._target_ is ProgressiveFocalLoss
+    target, w = PROGRESSIVE_FORM.get(name.split("_")[0], (ProgressiveFocalLoss, 0.5))
+    assert loss._target_ is target
     expected = "all" if "hpf_all" in name else "image" if "hpf_image" in name else "level"
     assert loss.sampling == expected
-    assert (loss.gamma, loss.delta, loss.w) == (2.0, 0.5, 0.5)
+    assert (loss.gamma, loss.delta, loss.w) == (2.0, 0.5, w)
+    if "initial_cls_loss" in cfg.model:  # TOOD's focal loss of its ATSS phase
+        initial = cfg.model.initial_cls_loss
+        assert initial._target_ is ProgressiveFocalLoss and initial.sampling == "level"
+        assert (initial.gamma, initial.delta, initial.w) == (2.0, 0.5, 0.5)
 
 
 def test_progressive_quality_losses():

@@ -2,8 +2,8 @@
 Losses of HPF, GHM and Sampling-Free and the baselines they build on; pure torch.
 
 contract.py holds the interface a detector calls; each paper has one file: baselines.py (focal,
-QFL, VFL), hpf.py (progressive focus), ghm.py (GHM-C, GHM-R), sampling_free.py (CE, guided loss
-scaling, prior and threshold), ohem.py.
+QFL, VFL), distribution_focal.py (GFL's DFL), hpf.py (progressive focus), ghm.py (GHM-C,
+GHM-R), sampling_free.py (CE, guided loss scaling, prior and threshold), ohem.py.
 """
 
 from .baselines import (
@@ -14,6 +14,7 @@ from .baselines import (
     sigmoid_focal_loss,
     varifocal_loss,
 )
+from .distribution_focal import DistributionFocalLoss, distribution_focal_loss
 from .contract import BoxRegressionLoss, ClassificationLoss, check_loss_type
 from .ghm import GHMCLoss, GHMRLoss
 from .hpf import (
@@ -46,6 +47,9 @@ __all__ = [
     "sigmoid_focal_loss",
     "quality_focal_loss",
     "varifocal_loss",
+    # GFL
+    "DistributionFocalLoss",
+    "distribution_focal_loss",
     # HPF
     "ProgressiveFocalLoss",
     "ProgressiveQualityFocalLoss",

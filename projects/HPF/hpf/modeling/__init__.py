@@ -4,13 +4,17 @@ from .dense_detector import PluggableLossMixin
 from .fast_rcnn import SamplingFreeFastRCNNOutputLayers
 from .fcos import FCOS
 from .fpn import LastLevelP6P7NoReLU
+from .gfl import GFL, GFLHead
 from .ghm_fast_rcnn import GHMRFastRCNNOutputLayers
 from .matcher import ATSSMatcher
 from .poolers import Float32BoxesROIAlign, ROIPooler
 from .retinanet import RetinaNet
 from .roi_heads import SamplingFreeCascadeROIHeads, SamplingFreeROIHeads
 from .rpn import SamplingFreeRPN
+from .task_aligned_assigner import TaskAlignedMatcher
 from .test_time_augmentation import DenseDetectorWithTTA
+from .tood import TOOD, TOODHead
+from .vfnet import VFNet, VFNetHead
 
 __all__ = [
     "ATSS",
@@ -19,6 +23,8 @@ __all__ = [
     "DenseDetectorWithTTA",
     "FCOS",
     "Float32BoxesROIAlign",
+    "GFL",
+    "GFLHead",
     "GHMRFastRCNNOutputLayers",
     "LastLevelP6P7NoReLU",
     "PluggableLossMixin",
@@ -28,5 +34,10 @@ __all__ = [
     "SamplingFreeFastRCNNOutputLayers",
     "SamplingFreeROIHeads",
     "SamplingFreeRPN",
+    "TOOD",
+    "TOODHead",
+    "TaskAlignedMatcher",
+    "VFNet",
+    "VFNetHead",
     "basic_resnet_stages",
 ]
