@@ -243,7 +243,7 @@ def test_shapes_rcnn_pair_trains_and_evaluates(arch, datasets_root, tmp_path):
 
 
 def test_learned_scale_moves_delta_sq_as_its_gradient_predicts(datasets_root, tmp_path):
-    """A hundred iterations of Sampling-Free FCOS with the official delta^2 weighting:
+    """Sixty iterations of Sampling-Free FCOS with the official delta^2 weighting:
     d/d delta (delta^2 L' - log delta^2) = 2 delta (L' - 1 / delta^2), with L' = r L_cls the box
     loss, so delta^2 rises while delta^2 L_box < 1 and falls while it is > 1. delta^2 is logged,
     and the checkpoint holds delta."""
@@ -251,7 +251,7 @@ def test_learned_scale_moves_delta_sq_as_its_gradient_predicts(datasets_root, tm
 
     config = os.path.join(REPO, "configs", "Shapes", "fcos_R18h_FPN_sampling_free.py")
     run_train_net(["--config-file", config, *TINY_TRAIN, f"train.output_dir={tmp_path}",
-                   "train.max_iter=100", "train.log_period=10",
+                   "train.max_iter=60", "train.log_period=10",
                    "train.foreground_stats_images=4", "train.checkpointer.period=1000"],
                   datasets_root, timeout=900)
     rows = [m for m in read_metrics(tmp_path) if "total_loss" in m]

@@ -13,6 +13,7 @@ import hpf.losses
 from hpf.losses import (
     BoxRegressionLoss,
     ClassificationLoss,
+    DistributionFocalLoss,
     FocalLoss,
     GHMCLoss,
     GHMRLoss,
@@ -47,8 +48,10 @@ def test_every_public_loss_subclasses_its_base():
     assert issubclass(GHMRLoss, BoxRegressionLoss)
     public_modules = [getattr(hpf.losses, n) for n in hpf.losses.__all__]
     losses = {c for c in public_modules if isinstance(c, type) and issubclass(c, nn.Module)}
+    # Besides the contract: the loss balance, and GFL's box-distribution loss, which only GFL
+    # calls (its inputs are bin logits, not deltas).
     assert losses - {ClassificationLoss, BoxRegressionLoss} == set(CLASSIFICATION) | {
-        GHMRLoss, GuidedLossScale}
+        GHMRLoss, GuidedLossScale, DistributionFocalLoss}
     assert QualityFocalLoss.uses_quality_targets and VarifocalLoss.uses_quality_targets
     assert not FocalLoss.uses_quality_targets
 

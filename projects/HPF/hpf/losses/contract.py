@@ -1,7 +1,8 @@
 """
 What a detector calls: the base class of pyramid-level classification losses and the base class
-of box-regression losses. Every loss of this package subclasses one of them, so a detector swaps
-its loss in one config line and knows no loss by name.
+of box-regression losses. Every pluggable loss of this package subclasses one of them, so a
+detector swaps its loss in one config line and knows no loss by name. (GFL's Distribution Focal
+Loss is part of GFL's box parametrisation, not pluggable: only GFL calls it.)
 """
 
 from typing import Dict, List, Optional, Union
