@@ -142,12 +142,13 @@ def test_mmdetection_coco_configs_are_rgb_with_weights(name):
     assert cfg.train.init_checkpoint
 
 
-# The progressive form of each detector's own classification loss and its w: focal loss ->
-# HPF, QFL -> PF-QFL (HPF Eq. 6), VFL -> PF-VFL (Eq. 7, w = alpha * gamma of VFL).
+# The progressive form of each detector's own classification loss, its w and loss_weight, each
+# equal to the base loss at gamma_ad = 2: focal loss -> HPF, QFL -> PF-QFL (HPF Eq. 6: w 1,
+# times 2), VFL -> PF-VFL (Eq. 7, w = alpha * gamma of VFL).
 PROGRESSIVE_FORM = {
-    "gfl": (ProgressiveQualityFocalLoss, 0.5),
-    "tood": (ProgressiveQualityFocalLoss, 0.5),
-    "vfnet": (ProgressiveVarifocalLoss, 1.5),
+    "gfl": (ProgressiveQualityFocalLoss, 1.0, 2.0),
+    "tood": (ProgressiveQualityFocalLoss, 1.0, 2.0),
+    "vfnet": (ProgressiveVarifocalLoss, 1.5, 1.0),
 }
 
 
@@ -155,11 +156,11 @@ PROGRESSIVE_FORM = {
 def test_hpf_configs_use_the_progressive_form_of_their_loss(name):
     cfg = _load(name)
     loss = cfg.model.cls_loss
-    target, w = PROGRESSIVE_FORM.get(name.split("_")[0], (ProgressiveFocalLoss, 0.5))
+    target, w, weight = PROGRESSIVE_FORM.get(name.split("_")[0], (ProgressiveFocalLoss, 0.5, 1.0))
     assert loss._target_ is target
     expected = "all" if "hpf_all" in name else "image" if "hpf_image" in name else "level"
     assert loss.sampling == expected
-    assert (loss.gamma, loss.delta, loss.w) == (2.0, 0.5, w)
+    assert (loss.gamma, loss.delta, loss.w, loss.get("loss_weight", 1.0)) == (2.0, 0.5, w, weight)
     if "initial_cls_loss" in cfg.model:  # TOOD's focal loss of its ATSS phase
         initial = cfg.model.initial_cls_loss
         assert initial._target_ is ProgressiveFocalLoss and initial.sampling == "level"
@@ -168,7 +169,9 @@ def test_hpf_configs_use_the_progressive_form_of_their_loss(name):
 
 def test_progressive_quality_losses():
     qfl = _load("atss_pfqfl_R_50_FPN_1x").model.cls_loss
-    assert qfl._target_ is ProgressiveQualityFocalLoss and qfl.w == 0.5 and qfl.sampling == "level"
+    assert qfl._target_ is ProgressiveQualityFocalLoss and qfl.sampling == "level"
+    # w 1 and twice the loss: QFL itself at gamma_ad = 2.
+    assert (qfl.w, qfl.loss_weight) == (1.0, 2.0)
     vfl = _load("atss_pfvfl_R_50_FPN_1x").model.cls_loss
     # w = alpha * gamma of VFL (0.75 * 2): VFL itself at gamma_ad = 2.
     assert vfl._target_ is ProgressiveVarifocalLoss and vfl.w == 1.5 and vfl.sampling == "level"

@@ -245,7 +245,8 @@ def test_hpf_configs_change_only_the_classification_loss(baseline, hpf):
     assert base.model.cls_loss._target_ is QualityFocalLoss and base.model.cls_loss.beta == 2.0
     loss = progressive.model.cls_loss
     assert loss._target_ is ProgressiveQualityFocalLoss
-    assert (loss.gamma, loss.delta, loss.w, loss.sampling) == (2.0, 0.5, 0.5, "level")
+    assert (loss.gamma, loss.delta, loss.w, loss.loss_weight, loss.sampling) == (
+        2.0, 0.5, 1.0, 2.0, "level")
     assert _model_without_loss(base) == _model_without_loss(progressive)
     assert base.optimizer == progressive.optimizer
     assert base.train.max_iter == progressive.train.max_iter

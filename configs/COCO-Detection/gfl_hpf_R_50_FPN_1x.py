@@ -1,5 +1,6 @@
 # GFL R-50 1x with PF-QFL (HPF Eq. 6) instead of QFL: QFL's beta -> gamma_ad, plus alpha_ad /
-# (1 - alpha_ad) on the positive / negative terms; level-wise, delta 0.5, w 0.5.
+# (1 - alpha_ad) on the positive / negative terms; level-wise, delta 0.5. w 1 and loss_weight 2
+# make it equal QFL at gamma_ad = 2 (w = alpha * gamma, Sec. 5.3, with QFL's even balance).
 # HPF paper Table 8 "GFL w/HPF".
 from detectron2.config import LazyCall as L
 
@@ -7,4 +8,6 @@ from hpf.losses import ProgressiveQualityFocalLoss
 
 from .gfl_R_50_FPN_1x import dataloader, lr_multiplier, model, optimizer, train
 
-model.cls_loss = L(ProgressiveQualityFocalLoss)(gamma=2.0, delta=0.5, w=0.5, sampling="level")
+model.cls_loss = L(ProgressiveQualityFocalLoss)(
+    gamma=2.0, delta=0.5, w=1.0, loss_weight=2.0, sampling="level"
+)

@@ -92,6 +92,24 @@ def test_pf_qfl_with_half_alpha_is_half_qfl():
     torch.testing.assert_close(loss, 0.5 * ref)
 
 
+def test_pf_qfl_with_w_1_and_loss_weight_2_is_qfl():
+    # The configs' PF-QFL: alpha_ad = 1 / 2 at gamma_ad = 2, times 2: QFL, value and gradient.
+    xs, qs = random_quality_levels(3)
+    xs = [x.requires_grad_(True) for x in xs]
+    loss = ProgressiveQualityFocalLoss(delta=0.0, w=1.0, loss_weight=2.0)(xs, qs, 3.0)
+    ref = sum(quality_focal_loss(x, q, beta=2.0, reduction="sum") for x, q in zip(xs, qs)) / 3.0
+    torch.testing.assert_close(loss, ref)
+    for a, b in zip(torch.autograd.grad(loss, xs), torch.autograd.grad(ref, xs)):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("cls", [ProgressiveQualityFocalLoss, ProgressiveVarifocalLoss])
+@pytest.mark.parametrize("loss_weight", [0.0, -1.0, float("nan")])
+def test_loss_weight_must_be_positive(cls, loss_weight):
+    with pytest.raises(ValueError, match="loss_weight must be > 0"):
+        cls(loss_weight=loss_weight)
+
+
 def test_pf_vfl_with_fixed_params_is_vfl():
     # delta=0, w=1.5 -> gamma_ad = 2, alpha_ad = 0.75: VFL's defaults.
     xs, qs = random_quality_levels(2)

@@ -173,15 +173,19 @@ class _ProgressiveLoss(ClassificationLoss):
     """Shared forward of the progressive losses; subclasses give the element-wise loss."""
 
     def __init__(
-        self, gamma=2.0, delta=0.5, w=0.5, sampling="level", estimator="mean_log", compile=False
+        self, gamma=2.0, delta=0.5, w=0.5, sampling="level", estimator="mean_log", compile=False,
+        loss_weight=1.0,
     ):
         super().__init__()
         _check_focus_args(gamma, delta, w, estimator)
+        if not loss_weight > 0:
+            raise ValueError(f"loss_weight must be > 0, got {loss_weight}")
         if sampling not in SAMPLINGS:
             raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
         self.gamma, self.delta, self.w = float(gamma), float(delta), float(w)
         self.sampling, self.estimator = sampling, estimator
         self.compile = bool(compile)
+        self.loss_weight = float(loss_weight)
         # gamma_ad / alpha_ad used by the last forward, per level ([L]; [L, B] for "image").
         self.last_gamma = None
         self.last_alpha = None
@@ -191,6 +195,8 @@ class _ProgressiveLoss(ClassificationLoss):
             f"gamma={self.gamma}, delta={self.delta}, w={self.w}, "
             f"sampling={self.sampling!r}, estimator={self.estimator!r}"
         )
+        if self.loss_weight != 1.0:
+            text += f", loss_weight={self.loss_weight}"
         return text + (", compile=True" if self.compile else "")
 
     def metrics(self):
@@ -270,6 +276,8 @@ class _ProgressiveLoss(ClassificationLoss):
             raise ValueError(f"normalizer must be > 0, got {normalizer}")
         with float32_region(logits_per_level[0].device):
             total = self._summed_loss(logits_per_level, targets_per_level, valid_per_level)
+        if self.loss_weight != 1.0:
+            total = total * self.loss_weight
         return total / normalizer
 
     def _summed_loss(self, logits_per_level, targets_per_level, valid_per_level):
@@ -392,6 +400,9 @@ class ProgressiveFocalLoss(_ProgressiveLoss):
         compile: run the two element-wise stages through ``torch.compile`` (one fused loop
             each, no intermediate tensors). Off by default: the first calls compile for tens of
             seconds and it needs a working compiler (a C++ compiler on CPU, Triton on CUDA).
+        loss_weight: a constant factor on the loss (default 1). PF-QFL with w = 1 and
+            loss_weight = 2 equals QFL at gamma_ad = 2 (Eq. 6 with alpha_ad = 1/2 is half of
+            QFL), as HPF with w = 0.5 equals focal loss.
     """
 
     def positives(self, targets):
@@ -446,7 +457,10 @@ class ProgressiveQualityFocalLoss(_ProgressiveLoss):
 
     Same constructor and forward as ProgressiveFocalLoss (``compile`` is accepted and has no
     effect); positives are entries with score target > 0 and the statistic is -log sigma(x)
-    over them (unweighted by q).
+    over them (unweighted by q). QFL has no alpha: Eq. 6 with alpha_ad = 1/2 is half of QFL, so
+    w = 1 (the paper's w = alpha * gamma with QFL's even balance) and loss_weight = 2 make
+    PF-QFL equal QFL at gamma_ad = 2; the shared default w = 0.5 weighs its positives a third
+    of its negatives. Set both explicitly (see projects/HPF/README.md).
     """
 
     uses_quality_targets = True  # IoU of the decoded box with its ground truth
