@@ -58,6 +58,17 @@ over 1 processes of one model each
 | Faster R-CNN | Sampling-Free | 2010 | 66 | 1.082 | 1.050-1.120 | 2133 | 1.141 |
 """
 
+ONE_STAGE_OUT = """\
+R-50-FPN COCO configs, one 800x800 image, cuda, 2 threads; 5 adjacent pairs (ATSS, detector) each
+
+| detector | train ms / step | x ATSS (median) | IQR | min-max | inference ms | x ATSS (median) \
+| IQR | min-max |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|
+| gfl | 61 | 1.012 | 1.004-1.020 | 0.990-1.031 | 22 | 1.010 | 1.002-1.013 | 0.998-1.020 |
+| vfnet | 75 | 1.240 | 1.230-1.250 | 1.210-1.262 | 25 | 1.105 | 1.100-1.110 | 1.090-1.120 |
+| tood | 70 | 1.150 | 1.140-1.160 | 1.130-1.171 | 24 | 1.060 | 1.050-1.070 | 1.040-1.080 |
+"""
+
 
 def test_pytest_summary_counts_every_outcome():
     parse = gpu_check.parse_pytest_summary
@@ -113,6 +124,16 @@ def test_benchmark_tables():
     assert gpu_check._check_rcnn(rcnn) == "" and gpu_check._check_rcnn({}) != ""
     summary = gpu_check.summary("bench_rcnn", {"numbers": rcnn})
     assert summary == "Faster R-CNN Sampling-Free: time x1.08, memory x1.14"
+    one_stage = gpu_check.parse_one_stage_benchmark(ONE_STAGE_OUT)
+    assert one_stage["x_atss_train"] == {"gfl": 1.012, "vfnet": 1.24, "tood": 1.15}
+    assert one_stage["inference_ms"]["vfnet"] == 25 and one_stage["train_ms"]["tood"] == 70
+    assert one_stage["x_atss_inference"]["tood"] == 1.06
+    assert gpu_check._check_one_stage(one_stage) == ""
+    assert gpu_check.parse_one_stage_benchmark("crashed") == {}
+    without_tood = gpu_check.parse_one_stage_benchmark(ONE_STAGE_OUT.replace("| tood |", "| x |"))
+    assert gpu_check._check_one_stage(without_tood) == "no row for tood in the table"
+    assert gpu_check.summary("bench_one_stage", {"numbers": one_stage}) == (
+        "vs ATSS, train / inference: gfl x1.01 / x1.01, vfnet x1.24 / x1.10, tood x1.15 / x1.06")
 
 
 def test_launch_line_and_last_error_line(tmp_path):
@@ -198,6 +219,8 @@ class CannedCommands:
             return 0, DETECTORS_OUT, 1
         if "benchmark_rcnn.py" in joined:
             return 0, RCNN_OUT, 1
+        if "benchmark_one_stage_detectors.py" in joined:
+            return 0, ONE_STAGE_OUT, 1
         raise AssertionError(joined)
 
 
@@ -234,7 +257,8 @@ def test_cuda_steps_on_canned_outputs(monkeypatch, tmp_path):
     assert "train.device=cuda" in launch["commands"][0]
     assert launch["numbers"]["backend"] == "nccl" and launch["numbers"]["iterations"] == 20
     bench = [" ".join(c) for c in canned.commands if "benchmarks" in " ".join(c)]
-    assert len(bench) == 2 and all("--device cuda" in c for c in bench)
+    assert len(bench) == 3 and all("--device cuda" in c for c in bench)
+    assert steps["bench_one_stage"]["numbers"]["x_atss_train"]["vfnet"] == 1.24
     assert steps["bench_rcnn"]["numbers"]["rows"][1]["x_baseline_memory"] == 1.141
     md = (tmp_path / "report.md").read_text()
     assert "| demo_amp | passed |" in md and "AP 31.1, AP50 52.2; 300 it" in md

@@ -22,6 +22,9 @@ Steps, each run as a subprocess with its output in ``OUTPUT/logs/STEP.log``:
   benchmarks/benchmark_rcnn.py with ``--device cuda``: their markdown tables, the step ratios
   of every loss to focal loss, ATSS / FCOS, Sampling-Free / biased sampling (time and peak
   memory).
+* ``bench_one_stage``: benchmarks/benchmark_one_stage_detectors.py with ``--device cuda``:
+  GFL, VarifocalNet and TOOD (and their progressive losses) against ATSS, training step and
+  inference, as ratios.
 
 Writes ``OUTPUT/report.json`` (after every step, so that a killed run leaves what it did) and
 ``OUTPUT/report.md`` (a table of the steps, then the benchmark tables). Without CUDA (or with
@@ -58,6 +61,7 @@ LIMITS = {
     "launch": (60, 300),
     "bench_detectors": (80, 300),
     "bench_rcnn": (120, 300),
+    "bench_one_stage": (90, 300),
 }
 MIN_STEP_S = 15  # a step is skipped, not started, with less of the budget left
 
@@ -327,6 +331,26 @@ def parse_rcnn_benchmark(text):
     return {"memory": table[0][6], "rows": rows}
 
 
+def parse_one_stage_benchmark(text):
+    """
+    The table of benchmarks/benchmark_one_stage_detectors.py: per detector the median training
+    step and inference in ms (``train_ms``, ``inference_ms``) and their median ratios to ATSS
+    (``x_atss_train``, ``x_atss_inference``). Empty dict if the table is missing.
+    """
+    table = next((t for t in markdown_tables(text) if t[0][:2] == ["detector", "train ms / step"]),
+                 None)
+    if table is None:
+        return {}
+    out = {"train_ms": {}, "x_atss_train": {}, "inference_ms": {}, "x_atss_inference": {}}
+    for row in table[1:]:
+        if len(row) != 9:
+            continue
+        out["train_ms"][row[0]], out["x_atss_train"][row[0]] = _number(row[1]), _number(row[2])
+        out["inference_ms"][row[0]] = _number(row[5])
+        out["x_atss_inference"][row[0]] = _number(row[6])
+    return out
+
+
 # ----------------------------------------------------------------------------- steps
 
 
@@ -507,6 +531,12 @@ def _check_detectors(numbers):
     return ""
 
 
+def _check_one_stage(numbers):
+    missing = [name for name in ("gfl", "vfnet", "tood")
+               if name not in numbers.get("x_atss_train", {})]
+    return f"no row for {', '.join(missing)} in the table" if missing else ""
+
+
 def _check_rcnn(numbers):
     rows = numbers.get("rows") or []
     if not any(r["sampling"] == "Sampling-Free" for r in rows):
@@ -532,6 +562,12 @@ STEPS = {
         ["--height", "160", "--width", "224", "--pairs", "2", "--rounds", "1", "--threads", "1",
          "--device", "cpu", "--models", "Cascade R-CNN", "--post-nms-topk", "50"],
         parse_rcnn_benchmark, _check_rcnn)),
+    "bench_one_stage": ("benchmark_one_stage_detectors.py", benchmark_step(
+        "benchmark_one_stage_detectors.py",
+        ["--size", "800", "--pairs", "5", "--device", "cuda"],
+        ["--size", "64", "--pairs", "1", "--threads", "1", "--device", "cpu",
+         "--detectors", "gfl", "vfnet", "tood"],
+        parse_one_stage_benchmark, _check_one_stage)),
 }
 
 
@@ -564,6 +600,10 @@ def summary(name, entry):
         return "; ".join(f"{r['model']} {r['sampling']}: time x{fmt(r['x_baseline_time'], '.2f')}"
                          f", memory x{fmt(r['x_baseline_memory'], '.2f')}"
                          for r in n["rows"] if r["sampling"] == "Sampling-Free")
+    if name == "bench_one_stage" and n.get("x_atss_train"):
+        return "vs ATSS, train / inference: " + ", ".join(
+            f"{k} x{fmt(v, '.2f')} / x{fmt(n['x_atss_inference'].get(k), '.2f')}"
+            for k, v in n["x_atss_train"].items() if k in ("gfl", "vfnet", "tood"))
     return ""
 
 
