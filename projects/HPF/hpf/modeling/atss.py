@@ -10,14 +10,14 @@ from typing import List, Optional, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from detectron2.layers import batched_nms, cat
+from detectron2.layers import cat
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.modeling.meta_arch.fcos import FCOSHead
 from detectron2.structures import Boxes, Instances
 from fvcore.nn import giou_loss
 
-from .dense_detector import PluggableLossMixin, iou_targets, reduce_mean
+from .dense_detector import PluggableLossMixin, iou_targets, nms_detections, reduce_mean
 from .matcher import ATSSMatcher
 from .utils import check_finite_predictions
 
@@ -174,19 +174,8 @@ class ATSS(PluggableLossMixin, DenseDetector):
                 deltas_l[top[anchor_idx]], anchors_l.tensor[top[anchor_idx]]))
             scores.append(cls_prob[anchor_idx, class_idx] * ctr_prob[anchor_idx, 0])
             classes.append(class_idx)
-        boxes, scores, classes = cat(boxes), cat(scores), cat(classes)
-        # Non-finite predictions (a diverged model) detect nothing, as in detectron2's R-CNN
-        # inference; Boxes.clip below would fail on them.
-        finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores)
-        boxes, scores, classes = boxes[finite], scores[finite], classes[finite]
-        keep = batched_nms(boxes, scores, classes, self.test_nms_thresh)
-        keep = keep[: self.max_detections_per_image]
-        result = Instances(image_size)
-        result.pred_boxes = Boxes(boxes[keep])
-        result.pred_boxes.clip(image_size)
-        result.scores = scores[keep]
-        result.pred_classes = classes[keep]
-        return result
+        return nms_detections(cat(boxes), cat(scores), cat(classes), image_size,
+                              self.test_nms_thresh, self.max_detections_per_image)
 
 
 def centerness_targets(anchors, gt_boxes):

@@ -8,8 +8,8 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from detectron2.layers import cat
-from detectron2.structures import Boxes
+from detectron2.layers import batched_nms, cat
+from detectron2.structures import Boxes, Instances
 from detectron2.structures.boxes import matched_pairwise_iou
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
@@ -30,6 +30,7 @@ __all__ = [
     "AnchorLabels",
     "PluggableLossMixin",
     "iou_targets",
+    "nms_detections",
     "quality_targets",
     "reduce_mean",
 ]
@@ -223,6 +224,37 @@ class PluggableLossMixin:
         for level, n in enumerate(per_level):
             storage.put_scalar(f"num_pos/level{level}", n / len(positive))
         log_metrics(self.cls_loss)
+
+
+def nms_detections(boxes, scores, classes, image_size, nms_thresh, max_detections,
+                   clip_before_nms=False, drop_empty=False):
+    """
+    The detections of one image from its candidates over all levels.
+
+    Non-finite candidates (a diverged model) give no detection, as in detectron2's R-CNN
+    inference (``Boxes.clip`` would fail on them); then class-wise NMS and the best
+    ``max_detections``, with the boxes clipped to the image.
+
+    Args:
+        boxes, scores, classes: ``[N, 4]`` boxes (XYXY), ``[N]`` scores and class indices.
+        clip_before_nms: clip before NMS (the mmdetection references that decode with the
+            image's shape) instead of after (detectron2).
+        drop_empty: also drop boxes of zero or negative width or height.
+    """
+    keep = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores)
+    if drop_empty:
+        keep &= (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    boxes, scores, classes = Boxes(boxes[keep]), scores[keep], classes[keep]
+    if clip_before_nms:
+        boxes.clip(image_size)
+    keep = batched_nms(boxes.tensor, scores, classes, nms_thresh)[:max_detections]
+    result = Instances(image_size)
+    result.pred_boxes = boxes[keep]
+    if not clip_before_nms:
+        result.pred_boxes.clip(image_size)
+    result.scores = scores[keep]
+    result.pred_classes = classes[keep]
+    return result
 
 
 def iou_targets(pred_boxes, gt_boxes, pos_mask):

@@ -12,17 +12,17 @@ from typing import List, Optional, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from detectron2.layers import batched_nms, cat
+from detectron2.layers import cat
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
-from detectron2.structures import Boxes, Instances
+from detectron2.structures import Boxes
 from fvcore.nn import giou_loss
 
 from hpf.losses import QualityFocalLoss
 from hpf.losses.distribution_focal import distribution_focal_loss
 
 from .atss import ATSS
-from .dense_detector import PluggableLossMixin, iou_targets, reduce_mean
+from .dense_detector import PluggableLossMixin, iou_targets, nms_detections, reduce_mean
 from .matcher import ATSSMatcher
 from .utils import check_finite_predictions
 
@@ -246,16 +246,7 @@ class GFL(PluggableLossMixin, DenseDetector):
             boxes.append(distances_to_boxes(anchors_l[idx].get_centers(), distances))
             scores.append(cls_prob[anchor_idx, class_idx])
             classes.append(class_idx)
-        boxes, scores, classes = cat(boxes), cat(scores), cat(classes)
-        # Non-finite predictions (a diverged model) detect nothing, as in detectron2's R-CNN
-        # inference; Boxes.clip below would fail on them.
-        finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores)
-        boxes, scores, classes = Boxes(boxes[finite]), scores[finite], classes[finite]
-        boxes.clip(image_size)  # before NMS, as the reference decodes with the image's shape
-        keep = batched_nms(boxes.tensor, scores, classes, self.test_nms_thresh)
-        keep = keep[: self.max_detections_per_image]
-        result = Instances(image_size)
-        result.pred_boxes = boxes[keep]
-        result.scores = scores[keep]
-        result.pred_classes = classes[keep]
-        return result
+        # Clipped before NMS, as the reference decodes with the image's shape.
+        return nms_detections(cat(boxes), cat(scores), cat(classes), image_size,
+                              self.test_nms_thresh, self.max_detections_per_image,
+                              clip_before_nms=True)

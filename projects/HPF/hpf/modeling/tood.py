@@ -13,16 +13,16 @@ from typing import List, Optional, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from detectron2.layers import Conv2d, ShapeSpec, batched_nms, cat, get_norm
+from detectron2.layers import Conv2d, ShapeSpec, cat, get_norm
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
-from detectron2.structures import Boxes, Instances
+from detectron2.structures import Boxes
 from detectron2.utils.events import get_event_storage
 from torchvision.ops import deform_conv2d
 
 from hpf.losses import ClassificationLoss, FocalLoss, QualityFocalLoss, check_loss_type, prior_bias
 
 from .atss import ATSS, centerness_targets
-from .dense_detector import PluggableLossMixin, iou_targets, reduce_mean
+from .dense_detector import PluggableLossMixin, iou_targets, nms_detections, reduce_mean
 from .matcher import ATSSMatcher
 from .task_aligned_assigner import TaskAlignedMatcher, normalized_alignment_targets
 from .utils import check_finite_predictions
@@ -407,21 +407,11 @@ class TOOD(PluggableLossMixin, DenseDetector):
             boxes.append(boxes_l[candidates // self.num_classes])
             scores.append(scores_l)
             classes.append(candidates % self.num_classes)
-        boxes, scores, classes = cat(boxes), cat(scores), cat(classes)
-        # Non-finite predictions (a diverged model) detect nothing; Boxes.clip would fail on
-        # them. Boxes of zero or negative width / height (the per-coordinate resampling can
-        # cross the coordinates) are dropped, as the reference's min_bbox_size 0.
-        keep = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores)
-        keep &= (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
-        keep = batched_nms(boxes, scores, classes, self.test_nms_thresh)
-        keep = keep[: self.max_detections_per_image]
-        result = Instances(image_size)
-        result.pred_boxes = Boxes(boxes[keep])
-        result.pred_boxes.clip(image_size)
-        result.scores = scores[keep]
-        result.pred_classes = classes[keep]
-        return result
+        # Boxes of zero or negative width / height (the per-coordinate resampling can cross
+        # the coordinates) are dropped, as the reference's min_bbox_size 0.
+        return nms_detections(cat(boxes), cat(scores), cat(classes), image_size,
+                              self.test_nms_thresh, self.max_detections_per_image,
+                              drop_empty=True)
 
 
 def giou_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

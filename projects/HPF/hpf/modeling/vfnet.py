@@ -15,17 +15,17 @@ from typing import List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
-from detectron2.layers import batched_nms, cat, get_norm
+from detectron2.layers import cat, get_norm
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
-from detectron2.structures import Boxes, Instances
+from detectron2.structures import Boxes
 from fvcore.nn import giou_loss
 
 from hpf.layers import DeformConv
 from hpf.losses import VarifocalLoss
 
 from .atss import ATSS
-from .dense_detector import PluggableLossMixin, iou_targets, reduce_mean
+from .dense_detector import PluggableLossMixin, iou_targets, nms_detections, reduce_mean
 from .matcher import ATSSMatcher
 from .utils import check_finite_predictions
 
@@ -283,20 +283,10 @@ class VFNet(PluggableLossMixin, DenseDetector):
             boxes.append(distances_to_boxes(anchors_l.get_centers()[keep], refined_l[keep]))
             scores.append(prob[loc_idx, class_idx])
             classes.append(class_idx)
-        boxes, scores, classes = cat(boxes).float(), cat(scores), cat(classes)
-        # Non-finite predictions (a diverged model) detect nothing, as ATSS; Boxes.clip would
-        # fail on them.
-        finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores)
-        boxes = Boxes(boxes[finite])
-        boxes.clip(image_size)  # before NMS, as the reference
-        scores, classes = scores[finite], classes[finite]
-        keep = batched_nms(boxes.tensor, scores, classes, self.test_nms_thresh)
-        keep = keep[: self.max_detections_per_image]
-        result = Instances(image_size)
-        result.pred_boxes = boxes[keep]
-        result.scores = scores[keep]
-        result.pred_classes = classes[keep]
-        return result
+        # Clipped before NMS, as the reference.
+        return nms_detections(cat(boxes).float(), cat(scores), cat(classes), image_size,
+                              self.test_nms_thresh, self.max_detections_per_image,
+                              clip_before_nms=True)
 
 
 def _iou_weighted_giou(pred_boxes, gt_boxes, weights):
