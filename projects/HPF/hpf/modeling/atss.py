@@ -17,7 +17,13 @@ from detectron2.modeling.meta_arch.fcos import FCOSHead
 from detectron2.structures import Boxes, Instances
 from fvcore.nn import giou_loss
 
-from .dense_detector import PluggableLossMixin, iou_targets, nms_detections, reduce_mean
+from .dense_detector import (
+    PluggableLossMixin,
+    iou_targets,
+    matched_labels_and_boxes,
+    nms_detections,
+    reduce_mean,
+)
 from .matcher import ATSSMatcher
 from .utils import check_finite_predictions
 
@@ -103,12 +109,8 @@ class ATSS(PluggableLossMixin, DenseDetector):
         anchors_all = Boxes.cat(anchors).tensor
         for inst in gt_instances:
             idx = self.anchor_matcher(anchors, inst.gt_boxes)
-            fg = idx >= 0
-            labels = torch.full_like(idx, self.num_classes)
-            boxes = torch.zeros_like(anchors_all)
-            if len(inst) > 0:
-                labels[fg] = inst.gt_classes[idx[fg]]
-                boxes[fg] = inst.gt_boxes.tensor[idx[fg]]
+            labels, boxes = matched_labels_and_boxes(idx, inst, anchors_all,
+                                                     self.num_classes)
             gt_labels.append(labels)
             matched_boxes.append(boxes)
         return gt_labels, matched_boxes

@@ -30,6 +30,7 @@ __all__ = [
     "AnchorLabels",
     "PluggableLossMixin",
     "iou_targets",
+    "matched_labels_and_boxes",
     "nms_detections",
     "quality_targets",
     "reduce_mean",
@@ -224,6 +225,19 @@ class PluggableLossMixin:
         for level, n in enumerate(per_level):
             storage.put_scalar(f"num_pos/level{level}", n / len(positive))
         log_metrics(self.cls_loss)
+
+
+def matched_labels_and_boxes(matched_idxs, gt_instances, anchors, num_classes):
+    """Per anchor of one image (``anchors``: their ``[N, 4]`` tensor), from its matched
+    ground-truth index (-1: background): the class (``num_classes`` for background) and the
+    matched box (zeros for background)."""
+    fg = matched_idxs >= 0
+    labels = torch.full_like(matched_idxs, num_classes)
+    boxes = torch.zeros_like(anchors)
+    if len(gt_instances) > 0:
+        labels[fg] = gt_instances.gt_classes[matched_idxs[fg]]
+        boxes[fg] = gt_instances.gt_boxes.tensor[matched_idxs[fg]]
+    return labels, boxes
 
 
 def nms_detections(boxes, scores, classes, image_size, nms_thresh, max_detections,

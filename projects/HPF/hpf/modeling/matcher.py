@@ -19,6 +19,32 @@ __all__ = ["ATSSMatcher"]
 BoxesLike = Union[torch.Tensor, Boxes]
 
 
+def resolve_multiple_matches(cand, is_pos, cand_ious, num_anchors):
+    """
+    The ground truth of each anchor from per-ground-truth candidates: an anchor positive for
+    several ground truths takes the one of highest IoU, the lowest index on ties (the
+    reference assigners' rule).
+
+    Args:
+        cand: ``[G, k]`` candidate anchor indices per ground truth.
+        is_pos: ``[G, k]`` which candidates are positive.
+        cand_ious: ``[G, k]`` their IoUs with the ground truth.
+        num_anchors: the number of anchors.
+
+    Returns:
+        ``[num_anchors]`` ground-truth index (``G`` where none) and its IoU (-inf where none).
+    """
+    num_gt, device = cand.shape[0], cand.device
+    gt_idx = torch.arange(num_gt, device=device)[:, None].expand_as(cand)
+    pos_anchor, pos_gt, pos_iou = cand[is_pos], gt_idx[is_pos], cand_ious[is_pos]
+    best = torch.full((num_anchors,), float("-inf"), dtype=cand_ious.dtype, device=device)
+    best.scatter_reduce_(0, pos_anchor, pos_iou, reduce="amax")
+    winner = pos_iou == best[pos_anchor]
+    first = torch.full((num_anchors,), num_gt, dtype=torch.long, device=device)
+    first.scatter_reduce_(0, pos_anchor[winner], pos_gt[winner], reduce="amin")
+    return first, best
+
+
 def _as_tensor(boxes: BoxesLike) -> torch.Tensor:
     tensor = boxes.tensor if isinstance(boxes, Boxes) else torch.as_tensor(boxes)
     if tensor.numel() == 0:
@@ -187,13 +213,7 @@ class ATSSMatcher:
         is_pos &= inside_dist > self.center_margin
 
         # 5. anchors positive for several ground truths: highest IoU, lowest index on ties.
-        gt_idx = torch.arange(num_gt, device=device)[:, None].expand_as(cand)
-        pos_anchor, pos_gt, pos_iou = cand[is_pos], gt_idx[is_pos], cand_ious[is_pos]
-        best = torch.full((num_anchors,), float("-inf"), dtype=dtype, device=device)
-        best.scatter_reduce_(0, pos_anchor, pos_iou, reduce="amax")
-        winner = pos_iou == best[pos_anchor]
-        first = torch.full((num_anchors,), num_gt, dtype=torch.long, device=device)
-        first.scatter_reduce_(0, pos_anchor[winner], pos_gt[winner], reduce="amin")
+        first, best = resolve_multiple_matches(cand, is_pos, cand_ious, num_anchors)
         has_match = first < num_gt
         matched_idxs[has_match] = first[has_match]
         matched_ious[has_match] = best[has_match]

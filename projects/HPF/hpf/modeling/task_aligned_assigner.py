@@ -8,6 +8,8 @@ from typing import NamedTuple, Sequence, Union
 import torch
 from detectron2.structures import Boxes, pairwise_iou
 
+from .matcher import resolve_multiple_matches
+
 __all__ = ["TaskAlignedMatch", "TaskAlignedMatcher", "normalized_alignment_targets"]
 
 
@@ -109,14 +111,8 @@ class TaskAlignedMatcher:
         is_pos &= inside > self.center_margin
 
         # 3. anchors positive for several ground truths: highest IoU, lowest index on ties.
-        gt_idx = torch.arange(num_gt, device=device)[:, None].expand_as(cand)
-        pos_anchor, pos_gt = cand[is_pos], gt_idx[is_pos]
-        pos_iou = overlaps[pos_gt, pos_anchor]
-        best = torch.full((num_anchors,), float("-inf"), device=device)
-        best.scatter_reduce_(0, pos_anchor, pos_iou, reduce="amax")
-        winner = pos_iou == best[pos_anchor]
-        first = torch.full((num_anchors,), num_gt, dtype=torch.long, device=device)
-        first.scatter_reduce_(0, pos_anchor[winner], pos_gt[winner], reduce="amin")
+        first, best = resolve_multiple_matches(cand, is_pos, overlaps.gather(1, cand),
+                                               num_anchors)
         fg = first < num_gt
         matched_idxs[fg] = first[fg]
         metrics[fg] = alignment[first[fg], fg.nonzero().squeeze(1)]

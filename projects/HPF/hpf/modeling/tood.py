@@ -22,7 +22,13 @@ from torchvision.ops import deform_conv2d
 from hpf.losses import ClassificationLoss, FocalLoss, QualityFocalLoss, check_loss_type, prior_bias
 
 from .atss import ATSS, centerness_targets
-from .dense_detector import PluggableLossMixin, iou_targets, nms_detections, reduce_mean
+from .dense_detector import (
+    PluggableLossMixin,
+    iou_targets,
+    matched_labels_and_boxes,
+    nms_detections,
+    reduce_mean,
+)
 from .matcher import ATSSMatcher
 from .task_aligned_assigner import TaskAlignedMatcher, normalized_alignment_targets
 from .utils import check_finite_predictions
@@ -324,13 +330,8 @@ class TOOD(PluggableLossMixin, DenseDetector):
         for i, inst in enumerate(gt_instances):
             match = self.alignment_matcher(anchors_all, scores[i], boxes_all[i],
                                            inst.gt_boxes, inst.gt_classes)
-            idx = match.matched_idxs
-            fg = idx >= 0
-            labels = torch.full_like(idx, self.num_classes)
-            boxes = torch.zeros_like(anchors_all)
-            if len(inst) > 0:
-                labels[fg] = inst.gt_classes[idx[fg]]
-                boxes[fg] = inst.gt_boxes.tensor[idx[fg]]
+            labels, boxes = matched_labels_and_boxes(match.matched_idxs, inst, anchors_all,
+                                                     self.num_classes)
             gt_labels.append(labels)
             matched_boxes.append(boxes)
             targets.append(normalized_alignment_targets(match))
