@@ -19,10 +19,14 @@ env: $(STAMP)
 	$(PYTHON) -m hpf.collect_env
 
 # The whole test suite (CPU), after preparing what it needs (test-data: the converted ImageNet
-# R-50 and Debian's opencv-doc photos). Logs the exact versions first.
+# R-50 and Debian's opencv-doc photos). Logs the exact versions first. TEST_WORKERS pytest-xdist
+# processes (one intra-op thread each) share the cores; --dist loadfile keeps each test file on
+# one worker, so a file's shared training runs are made once and the SLURM test cluster (one
+# per machine) is started by one worker only. TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 2
 test: $(STAMP) test-data
 	$(PYTHON) -m hpf.collect_env
-	$(PYTHON) -m pytest tests -q -ra --durations=15
+	$(PYTHON) -m pytest tests -q -ra -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 # Generates the shapes dataset if missing, trains ATSS with HPF (half-width ResNet-18 FPN) on CPU, evaluates on shapes_val
 # (--resume: a finished run is only re-evaluated, a killed one continues), draws predictions on a few validation images into

@@ -10,8 +10,10 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CONFIG = os.path.join(REPO, "configs", "Shapes", "fcos_R18h_FPN.py")
 
-# Keep tests light on a 2-core machine; detectors trained from scratch hit denormals.
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Keep tests light on a 2-core machine (under pytest-xdist, the cores are shared among the
+# workers); detectors trained from scratch hit denormals.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, torch.get_num_threads()) // _WORKERS))
 torch.set_flush_denormal(True)
 
 

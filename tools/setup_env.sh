@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the project's environment in $1 (default .venv) from nothing. Idempotent.
-# The route and its reasons are in README.md ("Installation") and ../shared/ENVIRONMENT.md.
+# The route and its reasons are in README.md ("Installation").
 set -euo pipefail
 VENV=${1:-.venv}
 PYTHON=${PYTHON:-python3}
